@@ -1,0 +1,201 @@
+"""Model bundles: a versioned directory with the fitted classifiers, the combiner, the
+thresholds, a manifest of SHA-256 hashes, and a model card.
+
+    models/default/
+        manifest.json        SHA-256 and size of every other file
+        bundle.json          classifiers, their parameters and state scalars, the
+                             combiner's weights, thresholds, training provenance
+        <classifier>.npz     each classifier's learned arrays
+        MODEL_CARD.md
+
+Nothing in a bundle is code. Pickles are code, so the bundle holds none. Arrays are
+``.npz`` files read with ``allow_pickle=False``, the rest is JSON. Loading still checks
+every file against the manifest before parsing it, and reads each file once: the bytes
+that were hashed are the bytes that get parsed, so nothing can swap a file between
+the check and the load. A caller that pins the manifest's own hash
+(``expected_manifest_sha256``) also gets a check that the manifest is the one it vouched for.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import pathlib
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .estimators.base import TokenClassifier
+from .estimators.bayes import BayesClassifier
+from .estimators.combined import CombinedClassifier
+from .estimators.logistic import HashedLogistic
+from .estimators.osb import OSBClassifier
+
+FORMAT = 1
+ESTIMATORS: dict[str, type[TokenClassifier]] = {
+    "bayes": BayesClassifier,
+    "osb": OSBClassifier,
+    "logistic": HashedLogistic,
+}
+_NAME_OF = {cls: name for name, cls in ESTIMATORS.items()}
+# The shipped model lives in the repository's models/ (the project layout is fixed), so
+# it is found next to the installed package when installed editable, which is how the
+# README installs it; MAILSIFT_MODEL points elsewhere.
+DEFAULT_BUNDLE = pathlib.Path(
+    os.environ.get("MAILSIFT_MODEL") or pathlib.Path(__file__).resolve().parent.parent / "models" / "default")
+
+
+class BundleError(Exception):
+    """A bundle that must not be used: tampered, incomplete, or of another format."""
+
+
+@dataclass
+class ModelBundle:
+    model: CombinedClassifier
+    version: str
+    threshold: float = 0.9              # the recommended quarantine threshold
+    tolerant_threshold: float = 0.91    # the documented tolerant setting
+    solo_thresholds: dict[str, float | None] = field(default_factory=dict)
+    specificity: list[str] = field(default_factory=list)  # most specific first
+    training: dict = field(default_factory=dict)
+    path: pathlib.Path | None = None
+    manifest_sha256: str = ""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- save
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a model is read by the scorer's user
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def save_bundle(bundle: ModelBundle, directory: str | os.PathLike, model_card: str = "") -> dict:
+    """Write ``bundle`` to ``directory`` (created if needed); returns the manifest."""
+    out = pathlib.Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model = bundle.model
+    files: dict[str, bytes] = {}
+    classifiers = []
+    roles = {n: "corpus" for n, _ in model.estimators_}
+    roles.update({n: "feedback" for n, _ in model.feedback_estimators_})
+    for name, est in model.all_estimators():
+        scalars, arrays = est.get_state()
+        fname = f"{name}.npz"
+        files[fname] = _npz_bytes(arrays)
+        classifiers.append({
+            "id": name, "estimator": _NAME_OF[type(est)], "params": est.get_params(),
+            "role": roles[name], "file": fname, "state": scalars,
+            "solo_threshold": bundle.solo_thresholds.get(name),
+        })
+    comb_params = {k: v for k, v in model.get_params(deep=False).items()
+                   if k not in ("estimators", "feedback_estimators", "progress")}
+    meta_scalars, _ = model.get_state()
+    doc = {
+        "format": FORMAT, "version": bundle.version,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threshold": bundle.threshold, "tolerant_threshold": bundle.tolerant_threshold,
+        "specificity": bundle.specificity, "classifiers": classifiers,
+        "combined": {"params": comb_params, "state": meta_scalars},
+        "training": bundle.training,
+    }
+    files["bundle.json"] = json.dumps(doc, indent=1, sort_keys=True).encode()
+    if model_card:
+        files["MODEL_CARD.md"] = model_card.encode()
+    manifest = {
+        "format": FORMAT, "version": bundle.version,
+        "files": {n: {"sha256": sha256_bytes(b), "bytes": len(b)} for n, b in sorted(files.items())},
+    }
+    for name, data in files.items():
+        _atomic_write(out / name, data)
+    # the manifest goes last: a bundle interrupted mid-write fails verification
+    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+# ---------------------------------------------------------------- load
+
+def _read_verified(directory: pathlib.Path, name: str, entry: dict) -> bytes:
+    path = directory / name
+    if pathlib.Path(name).name != name:
+        raise BundleError(f"manifest names a file outside the bundle: {name!r}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror})") from None
+    digest = sha256_bytes(data)
+    if digest != entry.get("sha256"):
+        raise BundleError(f"{path}: SHA-256 {digest} does not match the manifest"
+                          f" ({entry.get('sha256')}); refusing to load it")
+    return data
+
+
+def read_manifest(directory: pathlib.Path, expected_sha256: str | None = None) -> tuple[dict, str]:
+    try:
+        raw = (directory / "manifest.json").read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{directory}: no readable manifest.json ({exc.strerror})") from None
+    digest = sha256_bytes(raw)
+    if expected_sha256 and digest != expected_sha256:
+        raise BundleError(f"{directory}/manifest.json: SHA-256 {digest} is not the pinned {expected_sha256}")
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise BundleError(f"{directory}/manifest.json: not JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{directory}: bundle format {manifest.get('format')!r}, this mailsift reads {FORMAT}")
+    return manifest, digest
+
+
+def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, expected_manifest_sha256: str | None = None) -> ModelBundle:
+    """Load a bundle after checking every file against its manifest."""
+    directory = pathlib.Path(directory)
+    manifest, mdigest = read_manifest(directory, expected_manifest_sha256)
+    listed = manifest.get("files", {})
+    if "bundle.json" not in listed:
+        raise BundleError(f"{directory}: manifest does not vouch for bundle.json")
+    doc = json.loads(_read_verified(directory, "bundle.json", listed["bundle.json"]))
+
+    ests: dict[str, TokenClassifier] = {}
+    for spec in doc["classifiers"]:
+        fname = spec["file"]
+        if fname not in listed:
+            raise BundleError(f"{directory}: manifest does not vouch for {fname}")
+        cls = ESTIMATORS.get(spec["estimator"])
+        if cls is None:
+            raise BundleError(f"{directory}: unknown estimator {spec['estimator']!r} for {spec['id']}")
+        data = _read_verified(directory, fname, listed[fname])
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        ests[spec["id"]] = cls.from_state(spec["params"], spec["state"], arrays)
+
+    corpus = [(s["id"], ests[s["id"]]) for s in doc["classifiers"] if s["role"] == "corpus"]
+    feedback = [(s["id"], ests[s["id"]]) for s in doc["classifiers"] if s["role"] == "feedback"]
+    model = CombinedClassifier.assemble(corpus, feedback, doc["combined"]["params"], doc["combined"]["state"])
+    return ModelBundle(
+        model=model, version=doc["version"], threshold=float(doc["threshold"]),
+        tolerant_threshold=float(doc["tolerant_threshold"]),
+        solo_thresholds={s["id"]: s.get("solo_threshold") for s in doc["classifiers"]},
+        specificity=list(doc["specificity"]), training=doc.get("training", {}),
+        path=directory, manifest_sha256=mdigest)

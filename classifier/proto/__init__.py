@@ -1,0 +1,1 @@
+"""Generated protobuf stubs (``python protos/generate.py``). Do not edit by hand."""

@@ -1,0 +1,13 @@
+"""CI must not pass a test that skipped for a missing service (DEVELOPERS.md)."""
+import pathlib
+
+CONFTEST = pathlib.Path(__file__).with_name("conftest.py")
+
+
+def test_skip_fails_in_ci_and_skips_elsewhere(pytester, monkeypatch):
+    pytester.makeconftest(CONFTEST.read_text().replace("import mailgen  # noqa: E402", ""))
+    pytester.makepyfile(test_x="import pytest\ndef test_needs_redis():\n    pytest.skip('no redis')\n")
+    monkeypatch.setenv("CI", "true")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(failed=1)
+    monkeypatch.setenv("CI", "false")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(skipped=1)

@@ -1,0 +1,1 @@
+"""Offline training and evaluation tools: corpus readers, evaluation measures, plots."""
