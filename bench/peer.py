@@ -17,6 +17,7 @@ none of the harness' code, so it also works as a library for bench/ scripts.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -71,12 +72,17 @@ class Mailsift:
         from training.train import extract_all
 
         feats = extract_all([_PathMessage(p) for p, _ in items])
-        model = build_model(self.recipe)
+        model = build_model(self.recipe, n_jobs=0)
         model.fit(feats, [1 if lab == "spam" else 0 for _, lab in items])
         self.scorer = Scorer(ModelBundle(
             model=model, version="bench", threshold=self.recipe.threshold,
             solo_thresholds=solo_thresholds(model, self.recipe.solo_grid, self.recipe.solo_margin),
             specificity=self.recipe.specificity))
+        # as the scoring service does once its model is loaded: long-lived objects out of
+        # the cyclic GC's way
+        del feats
+        gc.collect()
+        gc.freeze()
 
     def learn(self, path, label):
         self.scorer.learn(_PathMessage(path).read(), label)

@@ -110,7 +110,7 @@ def save_bundle(bundle: ModelBundle, directory: str | os.PathLike, model_card: s
             "solo_threshold": bundle.solo_thresholds.get(name),
         })
     comb_params = {k: v for k, v in model.get_params(deep=False).items()
-                   if k not in ("estimators", "feedback_estimators", "progress")}
+                   if k not in ("estimators", "feedback_estimators", "progress", "n_jobs")}
     meta_scalars, _ = model.get_state()
     doc = {
         "format": FORMAT, "version": bundle.version,

@@ -71,7 +71,7 @@ def _evaluate(a) -> int:
             v = r["verdict"]
             print(f"verdicts at {v['threshold']}: FPR {v['fpr_pct']:.3f}% ({v['fp']}), FNR {v['fnr_pct']:.2f}% ({v['fn']})")
             print(f"scoring {s['score_msgs_per_s']:.0f} msg/s (p50 {s['score_latency_ms_p50']:.2f} ms,"
-                  f" p99 {s['score_latency_ms_p99']:.2f} ms); batch learning {s['learn_msgs_per_s']:.0f} msg/s")
+                  f" p99 {s['score_latency_ms_p99']:.2f} ms); batch learning {s['learn_msgs_per_s_one_process']:.0f} msg/s in one process")
         else:
             print(f"{r['n']} messages, {r['msgs_per_s']:.0f} msg/s (score + learn)")
         print("wrote " + ", ".join(str(p) for p in paths))

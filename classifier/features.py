@@ -100,9 +100,14 @@ class MessageFeatures:
     forms: int = 0
     password_inputs: int = 0
     facts: object = None            # GateFacts set by the scorer; None outside the gate
+    _unique: list[str] | None = None
 
-    def token_set(self) -> set[str]:
-        return set(self.tokens)
+    def unique_tokens(self) -> list[str]:
+        """The tokens without repeats, in first-seen order; computed once per message
+        and shared by the classifiers that count each token once."""
+        if self._unique is None:
+            self._unique = list(dict.fromkeys(self.tokens))
+        return self._unique
 
 
 # ---------------------------------------------------------------- regular expressions
@@ -118,7 +123,8 @@ _EMAIL_LOCAL = re.compile(r"[\w.+'-]{1,64}$")
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
 # only at the start of a digit run, octets of at most 3 digits: linear on long digit runs
 _IPV4_LOOSE = re.compile(r"(?<![0-9.])[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![0-9]|\.[0-9])")
-_PHONE = re.compile(r"\+?\(?\d[\d ().-]{7,18}\d")
+# starts with a character class so that the regex engine can skip to candidates fast
+_PHONE = re.compile(r"[\d+(][\d ().-]{7,18}\d")
 _UPPER_BYTES = bytes(range(65, 91))
 _HOSTISH = re.compile(r"[a-z0-9][a-z0-9.-]*\.[a-z]{2,}", re.I)
 _NONWORD_RUN = re.compile(r"[^\w\s]{2,}")
@@ -529,9 +535,12 @@ def _header_tokens(msg, feats: MessageFeatures, gaveup: list[str], limits: Limit
         if len(value) > limits.max_header_chars:
             value = value[: limits.max_header_chars]
             gaveup.append("header:long")
-        if _ENCODED_WORD.search(value):
-            out.append(f"header:encoded:{lname}")
-        value = decode_header_value(value, gaveup)
+        if "=?" in value:
+            if _ENCODED_WORD.search(value):
+                out.append(f"header:encoded:{lname}")
+            value = decode_header_value(value, gaveup)
+        elif "\x00" in value:
+            value = value.replace("\x00", " ")
         feats.headers.append((name, value))
 
         if lname == "subject":
@@ -608,15 +617,15 @@ def _lenient_b64(text: str) -> bytes:
         return b""
 
 
-def _part_text(part, gaveup: list[str]) -> tuple[str | None, int]:
-    """Decoded text of a leaf part, and its decoded byte size."""
+def _part_text(part, gaveup: list[str]) -> str | None:
+    """Decoded text of a leaf part (None when it has no payload)."""
     try:
         payload = part.get_payload(decode=True)
     except Exception:  # a broken part must not stop the walk
         gaveup.append("payload")
-        return None, 0
+        return None
     if payload is None:
-        return None, 0
+        return None
     if part.defects and any(isinstance(d, _BASE64_DEFECTS) for d in part.defects):
         gaveup.append("base64")
         if isinstance(part.get_payload(), str):
@@ -625,10 +634,13 @@ def _part_text(part, gaveup: list[str]) -> tuple[str | None, int]:
         charset = part.get_content_charset()
     except Exception:
         charset = None
-    return _decode_bytes(payload, charset, gaveup), len(payload)
+    return _decode_bytes(payload, charset, gaveup)
 
 
 def _filename(part) -> str:
+    # get_filename() re-parses the parameters (slow): only ask when there can be a name
+    if part.get("Content-Disposition") is None and "name" not in str(part.get("Content-Type", "")).lower():
+        return ""
     try:
         name = part.get_filename() or ""
     except Exception:
@@ -734,10 +746,8 @@ def _extract(raw: bytes, feats: MessageFeatures, limits: Limits) -> None:
             out.append("defect:" + type(defect).__name__)
         if part is not msg:
             out.append(f"mime:{ctype}")
-        if ctype == "message/rfc822" or ctype == "message/partial":
+        if ctype in ("message/rfc822", "message/partial"):
             out.append(f"mime:nested:{ctype}")
-            if depth > 0 and ctype == "message/rfc822":
-                continue
         if part.is_multipart():
             continue
         maintype = ctype.split("/", 1)[0]
@@ -745,7 +755,7 @@ def _extract(raw: bytes, feats: MessageFeatures, limits: Limits) -> None:
         disposition = _raw_header_str(disposition).split(";", 1)[0].strip().lower()
         filename = _filename(part)
         if maintype == "text" and disposition != "attachment" and total_chars < limits.max_text_chars:
-            text, size = _part_text(part, gaveup)
+            text = _part_text(part, gaveup)
             if text is None:
                 continue
             if len(text) > limits.max_part_chars:

@@ -67,10 +67,6 @@ def token_hashes(tokens) -> np.ndarray:
     return _mix(h ^ (ends - starts).astype(np.uint64) * _GOLDEN)
 
 
-def token_hash(token: str) -> int:
-    return int(token_hashes([token])[0])
-
-
 def unique(idx: np.ndarray, return_first: bool = False):
     """Sorted unique bucket indices (and, for each, the position of one occurrence).
 

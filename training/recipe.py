@@ -78,7 +78,7 @@ def load_recipe(path: str | pathlib.Path = DEFAULT_RECIPE) -> Recipe:
             if p not in valid:
                 bad(f"{where}.params.{p}", f"not a parameter of {c['estimator']} (valid: {sorted(valid)})")
     combined = dict(doc.get("combined", {}))
-    valid_comb = set(CombinedClassifier().get_params()) - {"estimators", "feedback_estimators", "progress"}
+    valid_comb = set(CombinedClassifier().get_params()) - {"estimators", "feedback_estimators", "progress", "n_jobs"}
     for key in combined:
         if key not in valid_comb:
             bad(f"combined.{key}", f"unknown (valid: {sorted(valid_comb)})")
@@ -103,10 +103,11 @@ def load_recipe(path: str | pathlib.Path = DEFAULT_RECIPE) -> Recipe:
                   solo_grid=grid, solo_margin=float(margin), source=str(path), text=text)
 
 
-def build_model(recipe: Recipe, progress=None) -> CombinedClassifier:
+def build_model(recipe: Recipe, progress=None, n_jobs=None) -> CombinedClassifier:
+    """An unfitted combined model; ``n_jobs`` processes fit its classifiers (0: all cores)."""
     corpus, feedback = [], []
     for c in recipe.classifiers:
         est = ESTIMATORS[c["estimator"]](**c.get("params", {}))
         (feedback if c.get("role", "corpus") == "feedback" else corpus).append((c["id"], est))
     return CombinedClassifier(estimators=corpus, feedback_estimators=feedback, progress=progress,
-                              **recipe.combined)
+                              n_jobs=n_jobs, **recipe.combined)

@@ -206,8 +206,14 @@ def train(corpus: str, out: str, recipe_path=DEFAULT_RECIPE, version: str | None
 
     from tqdm import tqdm
 
-    bar = tqdm(total=recipe.combined.get("cv", 5) + 1, desc="fit", unit="step", disable=None, leave=False)
-    model = build_model(recipe, progress=lambda what, k, n: (bar.set_postfix_str(what), bar.update()))
+    bar = tqdm(desc="fit", unit="fit", disable=None, leave=False)
+
+    def progress(what, k, n):
+        bar.total = n
+        bar.set_postfix_str(what)
+        bar.update()
+
+    model = build_model(recipe, progress=progress, n_jobs=jobs)
     t0 = time.perf_counter()
     model.fit(feats, y)
     t_fit = time.perf_counter() - t0

@@ -96,7 +96,7 @@ class BayesClassifier(TokenClassifier):
 
     # ---- learning
     def _learn(self, f: MessageFeatures, label: int) -> dict:
-        rows = self._rows(set(f.tokens))
+        rows = self._rows(f.unique_tokens())
         if label == SPAM:
             self.spam_counts_[rows] += 1
             self.nspam_ += 1
@@ -107,7 +107,7 @@ class BayesClassifier(TokenClassifier):
 
     def _unlearn(self, f: MessageFeatures, receipt: dict) -> None:
         label = receipt["label"]
-        toks = [t for t in set(f.tokens) if t in self.index_]
+        toks = [t for t in f.unique_tokens() if t in self.index_]
         rows = np.array([self.index_[t] for t in toks], dtype=np.int64)
         counts = self.spam_counts_ if label == SPAM else self.ham_counts_
         # a token this message never taught (count already 0) has nothing to undo
@@ -122,24 +122,16 @@ class BayesClassifier(TokenClassifier):
             self.nham_ = max(0, self.nham_ - 1)
 
     # ---- scoring
-    def token_prob(self, spam: int, ham: int) -> float:
-        """Robinson's f(w) for a token seen in ``spam`` spam and ``ham`` ham messages."""
-        ns, nh = max(self.nspam_, 1), max(self.nham_, 1)
-        sr, hr = spam / ns, ham / nh
-        p = sr / (sr + hr) if sr + hr > 0 else self.unknown_word_prob
-        n = spam + ham
-        s, x = self.unknown_word_strength, self.unknown_word_prob
-        return (s * x + n * p) / (s + n)
-
     def _clues(self, tokens: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
         """f(w) of the message's clues (the strongest ``max_discriminators`` tokens with
         |f(w) - 0.5| >= minimum_prob_strength), the known tokens, and which of them the
         clues are."""
         get = self.index_.get
-        known = [t for t in tokens if t in self.index_]
-        if not known:
-            return np.zeros(0), known, np.zeros(0, dtype=np.int64)
-        rows = np.fromiter(map(get, known), dtype=np.int64, count=len(known))
+        found = [(t, r) for t in tokens if (r := get(t)) is not None]
+        if not found:
+            return np.zeros(0), [], np.zeros(0, dtype=np.int64)
+        known = [t for t, _ in found]
+        rows = np.fromiter((r for _, r in found), dtype=np.int64, count=len(found))
         sc = self.spam_counts_[rows].astype(float)
         hc = self.ham_counts_[rows].astype(float)
         sr = sc / max(self.nspam_, 1)
@@ -160,7 +152,7 @@ class BayesClassifier(TokenClassifier):
             return ClassifierScore(0.5, 0.0, [], abstained=True,
                                    reason=f"learned {self.nspam_} spam / {self.nham_} ham;"
                                           f" needs {max(self.min_learns, 1)} of each")
-        probs, known, keep = self._clues(list(dict.fromkeys(f.tokens)))
+        probs, known, keep = self._clues(f.unique_tokens())
         if not len(probs):
             return ClassifierScore(0.5, 0.0, [])
         probs = np.clip(probs, 1e-9, 1 - 1e-9)

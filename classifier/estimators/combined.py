@@ -36,6 +36,62 @@ from ..features import MessageFeatures, as_features
 from .base import SPAM, ClassifierScore, Clue, TokenClassifier, sigmoid, to_label
 
 
+_FIT_CONTEXT: dict = {}
+
+
+def _fit_task(task):
+    """One fit, in this process or a forked worker that inherited _FIT_CONTEXT."""
+    c = _FIT_CONTEXT
+    k, j = task
+    name, est = c["estimators"][j]
+    feats, y = c["feats"], c["y"]
+    if k is None:
+        fitted = clone(est).fit(feats, y)
+        if c["forked"]:  # send back plain state, not the estimator: arrays pickle cheaply
+            scalars, arrays = fitted.get_state()
+            return k, j, (type(fitted), fitted.get_params(), scalars, arrays)
+        return k, j, fitted
+    train, test = c["folds"][k]
+    e = clone(est).fit([feats[i] for i in train], y[train])
+    return k, j, np.array([e.score_one(feats[i]).logodds for i in test])
+
+
+def _run_fits(estimators, feats, y, folds, tasks, n_jobs):
+    """Yield (fold or None, estimator index, out-of-fold scores or fitted estimator).
+
+    With n_jobs > 1 the fits run in forked workers, which inherit the features instead
+    of receiving them pickled; only scores and learned state come back.
+    """
+    import multiprocessing as mp
+    import os
+
+    jobs = (os.cpu_count() or 1) if n_jobs in (-1, 0) else (n_jobs or 1)
+    _FIT_CONTEXT.update(estimators=estimators, feats=feats, y=y, folds=folds, forked=jobs > 1)
+    try:
+        if jobs <= 1:
+            for t in tasks:
+                yield _fit_task(t)
+            return
+        with mp.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
+            # the final fits are the longest (all the data): start them first
+            order = sorted(tasks, key=lambda t: t[0] is not None)
+            for k, j, result in pool.imap_unordered(_fit_task, order):
+                if k is None:
+                    cls, params, scalars, arrays = result
+                    result = cls.from_state(params, scalars, arrays)
+                yield k, j, result
+    finally:
+        _FIT_CONTEXT.clear()
+
+
+def fit_all(estimators, feats, y, n_jobs=None) -> list[tuple[str, TokenClassifier]]:
+    """Fit every (name, estimator) on all of (feats, y), in ``n_jobs`` processes."""
+    y = np.asarray(y)
+    tasks = [(None, j) for j in range(len(estimators))]
+    fitted = {j: e for _, j, e in _run_fits(list(estimators), feats, y, [], tasks, n_jobs)}
+    return [(n, fitted[j]) for j, (n, _) in enumerate(estimators)]
+
+
 class Contributions(dict):
     """Feature name -> pull on the combined log-odds, with the weights in ``coef``."""
 
@@ -47,7 +103,7 @@ class CombinedClassifier(TokenClassifier):
 
     def __init__(self, estimators=(), feedback_estimators=(), cv: int = 5, C: float = 1.0,
                  clip: float = 60.0, fact_weights=None, tie_weights=None,
-                 online_rate: float = 0.05, random_state: int = 0, progress=None):
+                 online_rate: float = 0.05, random_state: int = 0, progress=None, n_jobs=None):
         self.estimators = estimators
         self.feedback_estimators = feedback_estimators
         self.cv = cv
@@ -58,6 +114,7 @@ class CombinedClassifier(TokenClassifier):
         self.online_rate = online_rate
         self.random_state = random_state
         self.progress = progress
+        self.n_jobs = n_jobs
 
     # ---- structure
     @property
@@ -66,7 +123,7 @@ class CombinedClassifier(TokenClassifier):
 
     def all_estimators(self) -> list[tuple[str, TokenClassifier]]:
         self._ensure_ready()
-        return list(self.estimators_) + list(self.feedback_estimators_)
+        return self._members()
 
     def feature_names(self) -> list[str]:
         return self.names_ + list(FACT_FEATURES)
@@ -74,13 +131,12 @@ class CombinedClassifier(TokenClassifier):
     def _reset(self) -> None:
         self.estimators_ = [(n, clone(e)) for n, e in self.estimators]
         self.feedback_estimators_ = [(n, clone(e)) for n, e in self.feedback_estimators]
-        for _, e in self.all_estimators_raw():
+        for _, e in self._members():
             e._ensure_ready()
         k = len(self.estimators_) + len(self.feedback_estimators_)
-        self.scales_ = np.ones(k)
         # an unfitted combiner trusts each classifier's log-odds as they are, scaled to
         # about one unit per clip/6 (so that a saturated classifier gives about 6)
-        self.scales_[:] = self.clip / 6.0
+        self.scales_ = np.full(k, self.clip / 6.0)
         self.coef_ = np.concatenate([np.ones(k), self._prior_facts()])
         self.intercept_ = 0.0
         self.calibration_ = {n: (1.0, 0.0) for n in self.names_}
@@ -88,7 +144,8 @@ class CombinedClassifier(TokenClassifier):
         self.nspam_ = 0
         self.nham_ = 0
 
-    def all_estimators_raw(self):
+    def _members(self):
+        """The fitted base estimators, without the readiness check (used by _reset)."""
         return list(self.estimators_) + list(self.feedback_estimators_)
 
     def _prior_facts(self) -> np.ndarray:
@@ -103,7 +160,7 @@ class CombinedClassifier(TokenClassifier):
 
     # ---- meta features
     def _base_scores(self, f: MessageFeatures, evidence: int = 0) -> list[ClassifierScore]:
-        return [e.score_one(f, evidence) for _, e in self.all_estimators_raw()]
+        return [e.score_one(f, evidence) for _, e in self._members()]
 
     def _meta_vector(self, scores: list[ClassifierScore], facts) -> np.ndarray:
         lo = np.array([0.0 if s.abstained else s.logodds for s in scores])
@@ -118,23 +175,28 @@ class CombinedClassifier(TokenClassifier):
             raise ValueError(f"the combined model needs at least {self.cv} spam and {self.cv} ham"
                              f" to fit (cv={self.cv}); got {n_spam} spam and {n_ham} ham")
         names = [n for n, _ in self.estimators]
+        folds = list(StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
+                     .split(np.zeros(len(y)), y))
+        # every fit is independent: (fold, estimator) pairs for the out-of-fold scores,
+        # then (None, estimator) for the final fits on everything
+        tasks = [(k, j) for k in range(self.cv) for j in range(len(names))] + \
+                [(None, j) for j in range(len(names))]
         oof = np.zeros((len(feats), len(names)))
-        folds = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
-        steps = self.cv + 1
-        for k, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
-            self._tick(f"fold {k + 1}/{self.cv}", k, steps)
-            tr_f = [feats[i] for i in tr]
-            te_f = [feats[i] for i in te]
-            for j, (_, est) in enumerate(self.estimators):
-                e = clone(est).fit(tr_f, y[tr])
-                oof[te, j] = [e.score_one(f).logodds for f in te_f]
+        final: dict[int, TokenClassifier] = {}
+        done = 0
+        for k, j, result in _run_fits(self.estimators, feats, y, folds, tasks, self.n_jobs):
+            if k is None:
+                final[j] = result
+            else:
+                oof[folds[k][1], j] = result
+            done += 1
+            self._tick(f"{names[j]} " + ("final" if k is None else f"fold {k + 1}/{self.cv}"), done, len(tasks))
         self.oof_ = oof
         self.oof_labels_ = y
 
         clipped = np.clip(oof, -self.clip, self.clip)
         scales = clipped.std(axis=0)
         scales[scales == 0] = 1.0
-        n_fb = len(self.feedback_estimators)
         tie = self.tie_weights or {}
         fb_names = [n for n, _ in self.feedback_estimators]
         fb_scales = np.array([scales[names.index(tie[n])] if tie.get(n) in names else self.clip / 6.0
@@ -156,14 +218,12 @@ class CombinedClassifier(TokenClassifier):
         for n in fb_names:
             self.calibration_[n] = self.calibration_.get(tie.get(n), (1.0, 0.0))
 
-        self._tick("final fit", self.cv, steps)
-        self.estimators_ = [(n, clone(e).fit(feats, y)) for n, e in self.estimators]
+        self.estimators_ = [(n, final[j]) for j, n in enumerate(names)]
         self.feedback_estimators_ = [(n, clone(e)) for n, e in self.feedback_estimators]
         for _, e in self.feedback_estimators_:
             e._ensure_ready()
         self.nspam_ = int((y == SPAM).sum())
         self.nham_ = len(y) - self.nspam_
-        assert n_fb == len(self.feedback_estimators_)
 
     def _tick(self, what: str, k: int, n: int) -> None:
         if self.progress is not None:
@@ -180,7 +240,7 @@ class CombinedClassifier(TokenClassifier):
         delta = self.online_rate * grad / np.sqrt(self.adagrad_)
         self.coef_ += delta[:-1]
         self.intercept_ += float(delta[-1])
-        receipts = {n: e.learn_one(f, label) for n, e in self.all_estimators_raw()}
+        receipts = {n: e.learn_one(f, label) for n, e in self._members()}
         if label == SPAM:
             self.nspam_ += 1
         else:
@@ -188,7 +248,7 @@ class CombinedClassifier(TokenClassifier):
         return {"label": label, "delta": delta.tolist(), "estimators": receipts}
 
     def _unlearn(self, f: MessageFeatures, receipt: dict) -> None:
-        for n, e in self.all_estimators_raw():
+        for n, e in self._members():
             if n in receipt["estimators"]:
                 e.unlearn_one(f, receipt["estimators"][n])
         delta = np.asarray(receipt["delta"])
@@ -206,7 +266,7 @@ class CombinedClassifier(TokenClassifier):
         f = as_features(x)
         lab = to_label(label)
         return {"label": lab, "delta": [0.0] * (len(self.coef_) + 1),
-                "estimators": {n: e.learn_one(f, lab) for n, e in self.all_estimators_raw() if n in names}}
+                "estimators": {n: e.learn_one(f, lab) for n, e in self._members() if n in names}}
 
     # ---- scoring
     def _z(self, x: np.ndarray) -> float:

