@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark of the scoring core, then bench/report.md. Run from anywhere:
 #
-#   bash bench/run.sh                 # all: evaluate, speed, peers side by side (~40 min)
+#   bash bench/run.sh                 # all: evaluate, speed, gRPC service, peers side by side (~45 min)
 #   SKIP_PEERS=1 bash bench/run.sh    # mailsift only (~5 min)
 #
 # The corpus is ../shared/corpora/spamassassin when present, else it is fetched from
@@ -23,6 +23,7 @@ fi
 
 python3 -m classifier.cli evaluate --corpus "$CORPUS" --out "$OUT/evaluate"
 python3 bench/speed.py --corpus "$CORPUS" --out "$OUT/speed.json"
+python3 bench/grpc_bench.py --corpus "$CORPUS" --out "$OUT/grpc.json"
 
 HARNESS="$ROOT/../shared/bench/run.py"
 if [ -z "${SKIP_PEERS:-}" ] && [ -f "$HARNESS" ]; then
@@ -40,4 +41,4 @@ if [ -z "${SKIP_PEERS:-}" ] && [ -f "$HARNESS" ]; then
 fi
 
 python3 bench/report.py --harness "$OUT/harness/results/spamassassin.json" --evaluate "$OUT/evaluate" \
-  --speed "$OUT/speed.json" --out bench/report.md
+  --speed "$OUT/speed.json" --grpc "$OUT/grpc.json" --out bench/report.md

@@ -48,7 +48,7 @@ DEFAULT_BUNDLE = pathlib.Path(
     os.environ.get("MAILSIFT_MODEL") or pathlib.Path(__file__).resolve().parent.parent / "models" / "default")
 
 
-class BundleError(Exception):
+class BundleError(ValueError):
     """A bundle that must not be used: tampered, incomplete, or of another format."""
 
 
@@ -175,8 +175,16 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, expected_manifest
     listed = manifest.get("files", {})
     if "bundle.json" not in listed:
         raise BundleError(f"{directory}: manifest does not vouch for bundle.json")
-    doc = json.loads(_read_verified(directory, "bundle.json", listed["bundle.json"]))
+    try:
+        doc = json.loads(_read_verified(directory, "bundle.json", listed["bundle.json"]))
+        return _assemble(directory, doc, listed, mdigest)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(f"{directory}: malformed bundle ({type(exc).__name__}: {exc})") from exc
 
+
+def _assemble(directory: pathlib.Path, doc: dict, listed: dict, mdigest: str) -> ModelBundle:
     ests: dict[str, TokenClassifier] = {}
     for spec in doc["classifiers"]:
         fname = spec["file"]

@@ -1,6 +1,8 @@
 """The ``mailsift`` command.
 
     mailsift score FILE...             score messages with the shipped model, with evidence
+    mailsift score --remote ADDR FILE  the same, asking a running scoring service
+    mailsift scorer serve              the scoring service over gRPC
     mailsift train --corpus DIR ...    build a model bundle
     mailsift evaluate --corpus DIR     batch and online protocols, accuracy and speed
     mailsift threshold --corpus DIR    what each quarantine threshold costs on your mail
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .bundle import DEFAULT_BUNDLE
@@ -22,6 +25,8 @@ def _score(a) -> int:
     from .bundle import BundleError
     from .scorer import Scorer
 
+    if a.remote:
+        return _score_remote(a)
     try:
         scorer = Scorer.load(a.model, a.manifest_sha256)
     except BundleError as exc:
@@ -41,6 +46,58 @@ def _score(a) -> int:
         else:
             print(f"{path}: {v.summary(a.evidence)}")
     return status
+
+
+def _read_message(path: str) -> bytes:
+    return sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+
+
+def _score_remote(a) -> int:
+    from .client import MessageTooLarge, RemoteScorer, ScorerUnavailable
+
+    status = 0
+    with RemoteScorer(a.remote, deadline=a.deadline) as remote:
+        for path in a.files:
+            try:
+                raw = _read_message(path)
+            except OSError as exc:
+                print(f"mailsift: {path}: {exc.strerror}", file=sys.stderr)
+                status = 1
+                continue
+            try:
+                v = remote.score(raw, threshold=a.threshold, evidence=a.evidence)
+            except MessageTooLarge as exc:
+                print(f"mailsift: {path}: refused: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            except ScorerUnavailable as exc:
+                print(f"mailsift: {path}: scorer at {a.remote}: {exc}", file=sys.stderr)
+                return 2
+            except Exception as exc:  # grpc.RpcError: the server refused this message
+                print(f"mailsift: {path}: {getattr(exc, 'code', lambda: '')()} {getattr(exc, 'details', lambda: exc)()}",
+                      file=sys.stderr)
+                status = 1
+                continue
+            if a.json:
+                print(json.dumps({"file": path, **v.to_dict()}, default=float))
+            else:
+                print(f"{path}: {v.summary(a.evidence)}")
+    return status
+
+
+def _scorer_serve(a) -> int:
+    import pathlib
+
+    from .serve import serve
+    from .server import WorkerConfig
+
+    state = pathlib.Path(a.state)
+    cfg = WorkerConfig(model=a.model, learnlog=str(state / "learnlog.sqlite"), bind=a.bind,
+                       max_queue=a.max_queue,
+                       max_message_bytes=int(a.max_message_mb * 1024 * 1024),
+                       manifest_sha256=a.manifest_sha256)
+    workers = a.workers or os.cpu_count() or 1
+    return serve(cfg, workers, a.metrics_port, a.log_level, a.ready_file)
 
 
 def _train(a) -> int:
@@ -120,7 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.add_argument("--threshold", type=float, help="quarantine threshold (default: the bundle's, 0.9)")
     p.add_argument("--evidence", type=int, default=5, help="clues shown per classifier")
+    p.add_argument("--remote", metavar="ADDR[,ADDR...]",
+                   help="ask a running scorer service (mailsift scorer serve) instead of loading the model")
+    p.add_argument("--deadline", type=float, default=10.0, help="seconds per message with --remote")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("scorer", help="the scoring service")
+    ssub = p.add_subparsers(dest="scorer_command", required=True)
+    s = ssub.add_parser("serve", help="serve the scorer over gRPC, one worker process per core")
+    model_args(s)
+    s.add_argument("--bind", default="127.0.0.1:50051",
+                   help="shared address of all workers; worker i also listens on port+1+i")
+    s.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
+    s.add_argument("--state", default=os.environ.get("MAILSIFT_STATE", "var"),
+                   help="directory of the learn log (SQLite); default ./var or $MAILSIFT_STATE")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="requests a worker holds at once; more get RESOURCE_EXHAUSTED")
+    s.add_argument("--max-message-mb", type=float, default=25.0, help="largest message accepted")
+    s.add_argument("--metrics-port", type=int, default=9150, help="Prometheus metrics port (0: off)")
+    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--ready-file", help="write the workers' addresses here once started")
+    s.set_defaults(func=_scorer_serve)
 
     p = sub.add_parser("train", help="build a model bundle from a labelled corpus")
     corpus_args(p)

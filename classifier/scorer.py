@@ -60,6 +60,16 @@ class Verdict:
     def responsible(self) -> ClassifierResult | None:
         return next((c for c in self.classifiers if c.id == self.classification), None)
 
+    def strongest(self) -> ClassifierResult | None:
+        """The classifier that explains the verdict best: the responsible one, else the
+        one that pulled hardest in the verdict's direction."""
+        r = self.responsible()
+        if r is not None:
+            return r
+        live = [c for c in self.classifiers if not c.abstained]
+        sign = 1.0 if self.verdict == QUARANTINE else -1.0
+        return max(live, key=lambda c: sign * c.contribution, default=None)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["reply"] = self.reply()

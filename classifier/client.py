@@ -1,0 +1,127 @@
+"""The scorer's client, as the SMTP gate and ``mailsift score --remote`` use it.
+
+- One channel per address, made once and reused; calls go round-robin over them.
+- Every call has a deadline (``deadline`` seconds unless the call gives its own).
+- Retries only where safe. Score, Explain and Learn are idempotent (Learn by the
+  message's digest), so a call answered UNAVAILABLE (nothing listening, connection
+  lost) or RESOURCE_EXHAUSTED (that process is full) is retried on the next address,
+  within the same overall deadline. DEADLINE_EXCEEDED is never retried, because the
+  deadline is the caller's whole budget. Reload is not retried.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import grpc
+
+from . import wire
+from .facts import GateFacts
+from .proto import scorer_pb2 as pb
+from .proto import scorer_pb2_grpc as pb_grpc
+from .scorer import Verdict
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class MessageTooLarge(ValueError):
+    """The message is larger than a scorer accepts. That is the message's fault, not the
+    scorer's: refuse it, do not retry it."""
+
+
+class ScorerUnavailable(Exception):
+    """No scorer answered in time: the gate tempfails (internal_error), never accepts."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str):
+        super().__init__(f"{code.name}: {detail}")
+        self.code = code
+
+
+class RemoteScorer:
+    def __init__(self, addresses: list[str] | str, deadline: float = 5.0,
+                 max_message_bytes: int = 25 * 1024 * 1024):
+        if isinstance(addresses, str):
+            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        if not addresses:
+            raise ValueError("no scorer addresses")
+        self.addresses = addresses
+        self.deadline = deadline
+        self.max_message_bytes = max_message_bytes
+        options = [("grpc.max_send_message_length", max_message_bytes + 64 * 1024),
+                   ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.enable_retries", 0)]  # retries are ours, across addresses
+        self._channels = [grpc.insecure_channel(a, options=options) for a in addresses]
+        self._stubs = [pb_grpc.ScorerStub(c) for c in self._channels]
+        self._next = itertools.cycle(range(len(self._stubs)))
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for c in self._channels:
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method: str, request, deadline: float | None, retry: bool):
+        budget = self.deadline if deadline is None else deadline
+        end = time.monotonic() + budget
+        tries = len(self._stubs) if retry else 1
+        last = None
+        for _ in range(tries):
+            with self._lock:
+                i = next(self._next)
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return getattr(self._stubs[i], method)(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                last = exc
+                # gRPC says RESOURCE_EXHAUSTED both for a full worker (worth another
+                # address) and for a message over the size limit (never worth one)
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+                    raise MessageTooLarge(exc.details()) from None
+                if exc.code() not in _RETRYABLE:
+                    raise
+        if last is None:
+            raise ScorerUnavailable(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left to try another scorer")
+        raise ScorerUnavailable(last.code(), last.details() or "")
+
+    def _check_size(self, message: bytes) -> None:
+        if len(message) > self.max_message_bytes:
+            raise MessageTooLarge(f"message of {len(message)} bytes is over the scorer's limit of"
+                                  f" {self.max_message_bytes}")
+
+    def score_raw(self, message: bytes, facts: GateFacts | None = None, envelope: pb.Envelope | None = None,
+                  settings_id: str = "", threshold: float | None = None, evidence: int = 0,
+                  request_id: str = "", deadline: float | None = None) -> pb.ScoreReply:
+        self._check_size(message)
+        req = pb.ScoreRequest(message=message, facts=wire.facts_to_proto(facts), envelope=envelope,
+                              settings_id=settings_id, evidence=evidence, request_id=request_id)
+        if threshold is not None:
+            req.threshold = threshold
+        return self._call("Score", req, deadline, retry=True)
+
+    def score(self, message: bytes, **kw) -> Verdict:
+        return wire.verdict_from_proto(self.score_raw(message, **kw))
+
+    def learn(self, message: bytes, label: str, source: str, who: str = "",
+              classifiers: list[str] | None = None, deadline: float | None = None) -> pb.LearnReply:
+        self._check_size(message)
+        labels = {v: k for k, v in wire.LABELS.items()}
+        sources = {v: k for k, v in wire.SOURCES.items()}
+        req = pb.LearnRequest(message=message, label=labels[label], source=sources[source], who=who,
+                              classifiers=[wire.enum_of(c) for c in classifiers or []])
+        return self._call("Learn", req, deadline, retry=True)
+
+    def explain(self, message: bytes, per_classifier: int = 10, deadline: float | None = None) -> pb.ExplainReply:
+        self._check_size(message)
+        return self._call("Explain", pb.ExplainRequest(message=message, per_classifier=per_classifier),
+                          deadline, retry=True)
+
+    def reload(self, deadline: float | None = None) -> pb.ReloadReply:
+        return self._call("Reload", pb.ReloadRequest(), deadline or 60.0, retry=False)
