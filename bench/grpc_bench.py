@@ -271,6 +271,23 @@ class Counts:
             self.errors[k] = self.errors.get(k, 0) + 1
 
 
+class Tally(Counts):
+    """Counts for ``n`` calls finishing in gRPC's callback threads; ``done`` is set by the last."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.left = n
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def finish(self, exc) -> None:
+        with self.lock:
+            self.add(exc)
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
+
+
 def sequential(stub: pb_grpc.ScorerStub, reqs: list[pb.ScoreRequest]) -> tuple[list[float], Counts]:
     scores, counts = [], Counts()
     for r in reqs:
@@ -297,10 +314,10 @@ def health_calls(server: Server, n: int) -> float:
 def load_futures(stubs, reqs, inflight: int) -> Counts:
     """``inflight`` chains of futures: each reply's done callback (on gRPC's channel
     thread) issues the next call, so no Python thread waits and wakes per request."""
-    counts, lock, done = Counts(), threading.Lock(), threading.Event()
     nxt = itertools.count()
     k, n = len(stubs), len(reqs)
-    left = [n]
+    counts = Tally(n)
+    done = counts.done
 
     def issue():
         i = next(nxt)
@@ -308,12 +325,7 @@ def load_futures(stubs, reqs, inflight: int) -> Counts:
             stubs[i % k].Score.future(reqs[i], timeout=RPC_TIMEOUT).add_done_callback(on_done)
 
     def on_done(fut):
-        exc = fut.exception()
-        with lock:
-            counts.add(exc)
-            left[0] -= 1
-            if left[0] == 0:
-                done.set()
+        counts.finish(fut.exception())
         issue()
 
     for _ in range(min(inflight, n)):
@@ -372,17 +384,12 @@ def open_loop(server: Server, reqs, rate: float, seconds: float) -> dict:
     n = max(1, int(rate * seconds))
     lat = [float("nan")] * n
     lag = [0.0] * n
-    counts, lock, done = Counts(), threading.Lock(), threading.Event()
-    left = [n]
+    counts = Tally(n)
+    done = counts.done
 
     def on_done(i, t_sched, fut):
         lat[i] = time.perf_counter() - t_sched
-        exc = fut.exception()
-        with lock:
-            counts.add(exc)
-            left[0] -= 1
-            if left[0] == 0:
-                done.set()
+        counts.finish(fut.exception())
 
     m0, s0, c0 = machine_busy(), server.cpu_total(), time.process_time()
     t0 = time.perf_counter() + 0.05

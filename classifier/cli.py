@@ -35,7 +35,7 @@ def _score(a) -> int:
     status = 0
     for path in a.files:
         try:
-            raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+            raw = _read_message(path)
         except OSError as exc:
             print(f"mailsift: {path}: {exc.strerror}", file=sys.stderr)
             status = 1
@@ -53,6 +53,8 @@ def _read_message(path: str) -> bytes:
 
 
 def _score_remote(a) -> int:
+    import grpc
+
     from .client import MessageTooLarge, RemoteScorer, ScorerUnavailable
 
     status = 0
@@ -73,9 +75,8 @@ def _score_remote(a) -> int:
             except ScorerUnavailable as exc:
                 print(f"mailsift: {path}: scorer at {a.remote}: {exc}", file=sys.stderr)
                 return 2
-            except Exception as exc:  # grpc.RpcError: the server refused this message
-                print(f"mailsift: {path}: {getattr(exc, 'code', lambda: '')()} {getattr(exc, 'details', lambda: exc)()}",
-                      file=sys.stderr)
+            except grpc.RpcError as exc:  # the server refused this message
+                print(f"mailsift: {path}: {exc.code().name}: {exc.details()}", file=sys.stderr)
                 status = 1
                 continue
             if a.json:

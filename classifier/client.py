@@ -112,9 +112,8 @@ class RemoteScorer:
     def learn(self, message: bytes, label: str, source: str, who: str = "",
               classifiers: list[str] | None = None, deadline: float | None = None) -> pb.LearnReply:
         self._check_size(message)
-        labels = {v: k for k, v in wire.LABELS.items()}
-        sources = {v: k for k, v in wire.SOURCES.items()}
-        req = pb.LearnRequest(message=message, label=labels[label], source=sources[source], who=who,
+        req = pb.LearnRequest(message=message, label=wire.LABEL_NUMBERS[label],
+                              source=wire.SOURCE_NUMBERS[source], who=who,
                               classifiers=[wire.enum_of(c) for c in classifiers or []])
         return self._call("Learn", req, deadline, retry=True)
 

@@ -667,8 +667,12 @@ def _walk(msg, depth: int, state: dict, limits: Limits):
                 stack.extend((p, d + 1) for p in reversed(payload) if hasattr(p, "get_content_type"))
 
 
-def extract(raw: bytes | bytearray | memoryview | str, limits: Limits = DEFAULT_LIMITS) -> MessageFeatures:
-    """Parse one raw message. Never raises on malformed input."""
+def message_bytes(raw: bytes | bytearray | memoryview | str) -> bytes:
+    """The bytes that are the message: a str as UTF-8, without a leading mbox separator.
+
+    An mbox ``From `` line is not part of the message: SMTP never carries it, and in the
+    public corpora its date tells spam from ham by accident.
+    """
     if isinstance(raw, str):
         try:
             raw = raw.encode("utf-8", errors="surrogateescape")
@@ -676,10 +680,19 @@ def extract(raw: bytes | bytearray | memoryview | str, limits: Limits = DEFAULT_
             raw = raw.encode("utf-8", errors="replace")
     raw = bytes(raw)
     if raw.startswith(b"From "):
-        # an mbox separator line is not part of the message: SMTP never carries it,
-        # and in the public corpora its date tells spam from ham by accident
         nl = raw.find(b"\n")
         raw = raw[nl + 1:] if nl != -1 else b""
+    return raw
+
+
+def message_digest(raw) -> str:
+    """A message's identity (``MessageFeatures.digest``) without parsing it."""
+    return hashlib.sha256(message_bytes(raw)).hexdigest()
+
+
+def extract(raw: bytes | bytearray | memoryview | str, limits: Limits = DEFAULT_LIMITS) -> MessageFeatures:
+    """Parse one raw message. Never raises on malformed input."""
+    raw = message_bytes(raw)
     gaveup: list[str] = []
     feats = MessageFeatures(
         digest=hashlib.sha256(raw).hexdigest(), size=len(raw), headers=[], subject="",

@@ -29,7 +29,7 @@ import grpc
 
 from . import wire
 from .bundle import load_bundle
-from .features import extract
+from .features import extract, message_digest
 from .learnlog import NOOP, RELEARNED, LearnLog
 from .logs import log_event
 from .proto import scorer_pb2 as pb
@@ -235,7 +235,7 @@ class ScorerService(pb_grpc.ScorerServicer):
         unknown = set(names) - set(self._scorer.bundle.model.names_)
         if unknown:
             await self._invalid(context, "Learn", f"the model has no classifiers {sorted(unknown)}")
-        digest = extract(request.message).digest
+        digest = message_digest(request.message)
         entry = self._log.record(digest, label, source, request.who or "unknown", names, request.message)
         self.catch_up(upto=entry.id)
         self._count("Learn", "OK", t0)

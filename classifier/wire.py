@@ -17,6 +17,8 @@ _VERDICT_NAMES = {v: k for k, v in _VERDICTS.items()}
 LABELS = {pb.LABEL_SPAM: "spam", pb.LABEL_HAM: "ham"}
 SOURCES = {pb.LEARN_SOURCE_RELEASE: "release", pb.LEARN_SOURCE_REPORT: "report",
            pb.LEARN_SOURCE_TRAINING: "training", pb.LEARN_SOURCE_TRAP: "trap"}
+LABEL_NUMBERS = {v: k for k, v in LABELS.items()}
+SOURCE_NUMBERS = {v: k for k, v in SOURCES.items()}
 OUTCOMES = {"learned": pb.LEARN_OUTCOME_LEARNED, "noop": pb.LEARN_OUTCOME_NOOP,
             "relearned": pb.LEARN_OUTCOME_RELEARNED}
 

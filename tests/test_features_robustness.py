@@ -1022,3 +1022,12 @@ def test_worst_case_input_parses_promptly(case, dos_children):
         pytest.fail(f"{case}: extract() still running after {DOS_DEADLINE} s")
     assert p.returncode == 0, err.decode(errors="replace")
     assert float(out.decode().strip()) < TIME_BOUND
+
+
+def test_message_digest_is_extracts_digest_without_parsing():
+    from classifier.features import message_digest
+
+    inner = msg("Subject: hi", body="hello\n")
+    for raw in (inner, b"From a@b.example Mon Jan  1 00:00:00 2024\n" + inner, "Subject: \ud800x\n\nbody"):
+        assert message_digest(raw) == extract(raw).digest
+    assert message_digest(inner) == hashlib.sha256(inner).hexdigest()
