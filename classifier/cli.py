@@ -3,6 +3,7 @@
     mailsift score FILE...             score messages with the shipped model, with evidence
     mailsift score --remote ADDR FILE  the same, asking a running scoring service
     mailsift scorer serve              the scoring service over gRPC
+    mailsift gate serve [--config F]   the SMTP gate (the shipped config also starts the scorer)
     mailsift train --corpus DIR ...    build a model bundle
     mailsift evaluate --corpus DIR     batch and online protocols, accuracy and speed
     mailsift threshold --corpus DIR    what each quarantine threshold costs on your mail
@@ -46,6 +47,56 @@ def _score(a) -> int:
         else:
             print(f"{path}: {v.summary(a.evidence)}")
     return status
+
+
+def _gate_config(a):
+    from smtpgate.config import DEFAULT_CONFIG, ConfigError, load
+
+    try:
+        return load(a.config or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        print(f"mailsift: configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def _gate_serve(a) -> int:
+    from pathlib import Path
+
+    from smtpgate.serve import serve
+
+    from .logs import setup
+
+    cfg = _gate_config(a)
+    if cfg is None:
+        return 2
+    setup(a.log_level)
+    return serve(cfg, Path(a.ready_file) if a.ready_file else None)
+
+
+def _gate_check(a) -> int:
+    cfg = _gate_config(a)
+    if cfg is None:
+        return 2
+    print(f"ok: {len(cfg.listeners)} listeners "
+          f"({', '.join(f'{x.kind} {x.host}:{x.port}' for x in cfg.listeners)}), "
+          f"{len(cfg.domains)} domains, {len(cfg.users)} outgoing users")
+    for d in cfg.domains.values():
+        route = f"{d.route[0]}:{d.route[1]}" if d.route else "MX"
+        print(f"  {d.name}: route {route}, settings {d.settings.id}, threshold {d.settings.threshold}")
+    return 0
+
+
+def _gate_passwd(a) -> int:
+    import getpass
+
+    from smtpgate.auth import hash_password
+
+    pw = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not pw:
+        print("mailsift: empty password", file=sys.stderr)
+        return 2
+    print(hash_password(pw))
+    return 0
 
 
 def _read_message(path: str) -> bytes:
@@ -199,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--ready-file", help="write the workers' addresses here once started")
     s.set_defaults(func=_scorer_serve)
+
+    p = sub.add_parser("gate", help="the SMTP gate")
+    gsub = p.add_subparsers(dest="gate_command", required=True)
+    g = gsub.add_parser("serve", help="run the SMTP gate (and, with [scorer] spawn, the scorer)")
+    g.add_argument("--config", default=None, help="gate TOML (default: the shipped smtpgate/default.toml)")
+    g.add_argument("--ready-file", help="write the gate's pid here once it listens")
+    g.add_argument("--log-level", default="INFO")
+    g.set_defaults(func=_gate_serve)
+    g = gsub.add_parser("check-config", help="validate a gate configuration and print what it sets")
+    g.add_argument("--config", default=None)
+    g.set_defaults(func=_gate_check)
+    g = gsub.add_parser("passwd", help="hash a submission user's password (read from stdin or asked)")
+    g.set_defaults(func=_gate_passwd)
 
     p = sub.add_parser("train", help="build a model bundle from a labelled corpus")
     corpus_args(p)

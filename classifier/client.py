@@ -38,22 +38,108 @@ class ScorerUnavailable(Exception):
         self.code = code
 
 
-class RemoteScorer:
+def _triage(exc: grpc.RpcError) -> grpc.RpcError:
+    """Raise what must not be retried; return a failure worth another address."""
+    # gRPC says RESOURCE_EXHAUSTED both for a full worker (worth another address) and
+    # for a message over the size limit (never worth one)
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+        raise MessageTooLarge(exc.details()) from None
+    if exc.code() not in _RETRYABLE:
+        raise exc
+    return exc
+
+
+def _exhausted(last: grpc.RpcError | None) -> ScorerUnavailable:
+    if last is None:
+        return ScorerUnavailable(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left to try another scorer")
+    return ScorerUnavailable(last.code(), last.details() or "")
+
+
+class _Base:
+    """What both clients share: addresses, limits, and how requests are built."""
+
     def __init__(self, addresses: list[str] | str, deadline: float = 5.0,
                  max_message_bytes: int = 25 * 1024 * 1024):
         if isinstance(addresses, str):
             addresses = [a.strip() for a in addresses.split(",") if a.strip()]
         if not addresses:
             raise ValueError("no scorer addresses")
-        self.addresses = addresses
+        self.addresses = list(addresses)
         self.deadline = deadline
         self.max_message_bytes = max_message_bytes
-        options = [("grpc.max_send_message_length", max_message_bytes + 64 * 1024),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.enable_retries", 0)]  # retries are ours, across addresses
-        self._channels = [grpc.insecure_channel(a, options=options) for a in addresses]
+        self._options = [("grpc.max_send_message_length", max_message_bytes + 64 * 1024),
+                         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                         ("grpc.enable_retries", 0)]  # retries are ours, across addresses
+        self._next = itertools.cycle(range(len(self.addresses)))
+
+    def _check_size(self, message: bytes) -> None:
+        if len(message) > self.max_message_bytes:
+            raise MessageTooLarge(f"message of {len(message)} bytes is over the scorer's limit of"
+                                  f" {self.max_message_bytes}")
+
+    def _score_request(self, message: bytes, facts: GateFacts | None = None,
+                       envelope: pb.Envelope | None = None, settings_id: str = "",
+                       threshold: float | None = None, evidence: int = 0,
+                       request_id: str = "") -> pb.ScoreRequest:
+        self._check_size(message)
+        req = pb.ScoreRequest(message=message, facts=wire.facts_to_proto(facts), envelope=envelope,
+                              settings_id=settings_id, evidence=evidence, request_id=request_id)
+        if threshold is not None:
+            req.threshold = threshold
+        return req
+
+
+class AsyncRemoteScorer(_Base):
+    """The same client for asyncio callers (the SMTP gate): grpc.aio channels on the
+    caller's event loop, the same deadlines, retries and errors as ``RemoteScorer``."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._channels = [grpc.aio.insecure_channel(a, options=self._options) for a in self.addresses]
         self._stubs = [pb_grpc.ScorerStub(c) for c in self._channels]
-        self._next = itertools.cycle(range(len(self._stubs)))
+
+    async def close(self) -> None:
+        for c in self._channels:
+            await c.close()
+
+    async def _call(self, method: str, request, deadline: float | None, retry: bool):
+        end = time.monotonic() + (self.deadline if deadline is None else deadline)
+        last = None
+        for _ in range(len(self._stubs) if retry else 1):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return await getattr(self._stubs[next(self._next)], method)(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                last = _triage(exc)
+        raise _exhausted(last)
+
+    async def score_raw(self, message: bytes, deadline: float | None = None, **kw) -> pb.ScoreReply:
+        return await self._call("Score", self._score_request(message, **kw), deadline, retry=True)
+
+    async def score(self, message: bytes, **kw) -> Verdict:
+        return wire.verdict_from_proto(await self.score_raw(message, **kw))
+
+    async def learn(self, message: bytes, label: str, source: str, who: str = "",
+                    classifiers: list[str] | None = None, deadline: float | None = None) -> pb.LearnReply:
+        return await self._call("Learn", _learn_request(self, message, label, source, who, classifiers),
+                                deadline, retry=True)
+
+
+def _learn_request(client: _Base, message: bytes, label: str, source: str, who: str,
+                   classifiers: list[str] | None) -> pb.LearnRequest:
+    client._check_size(message)
+    return pb.LearnRequest(message=message, label=wire.LABEL_NUMBERS[label],
+                           source=wire.SOURCE_NUMBERS[source], who=who,
+                           classifiers=[wire.enum_of(c) for c in classifiers or []])
+
+
+class RemoteScorer(_Base):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._channels = [grpc.insecure_channel(a, options=self._options) for a in self.addresses]
+        self._stubs = [pb_grpc.ScorerStub(c) for c in self._channels]
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -80,42 +166,19 @@ class RemoteScorer:
             try:
                 return getattr(self._stubs[i], method)(request, timeout=remaining)
             except grpc.RpcError as exc:
-                last = exc
-                # gRPC says RESOURCE_EXHAUSTED both for a full worker (worth another
-                # address) and for a message over the size limit (never worth one)
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
-                    raise MessageTooLarge(exc.details()) from None
-                if exc.code() not in _RETRYABLE:
-                    raise
-        if last is None:
-            raise ScorerUnavailable(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left to try another scorer")
-        raise ScorerUnavailable(last.code(), last.details() or "")
+                last = _triage(exc)
+        raise _exhausted(last)
 
-    def _check_size(self, message: bytes) -> None:
-        if len(message) > self.max_message_bytes:
-            raise MessageTooLarge(f"message of {len(message)} bytes is over the scorer's limit of"
-                                  f" {self.max_message_bytes}")
-
-    def score_raw(self, message: bytes, facts: GateFacts | None = None, envelope: pb.Envelope | None = None,
-                  settings_id: str = "", threshold: float | None = None, evidence: int = 0,
-                  request_id: str = "", deadline: float | None = None) -> pb.ScoreReply:
-        self._check_size(message)
-        req = pb.ScoreRequest(message=message, facts=wire.facts_to_proto(facts), envelope=envelope,
-                              settings_id=settings_id, evidence=evidence, request_id=request_id)
-        if threshold is not None:
-            req.threshold = threshold
-        return self._call("Score", req, deadline, retry=True)
+    def score_raw(self, message: bytes, deadline: float | None = None, **kw) -> pb.ScoreReply:
+        return self._call("Score", self._score_request(message, **kw), deadline, retry=True)
 
     def score(self, message: bytes, **kw) -> Verdict:
         return wire.verdict_from_proto(self.score_raw(message, **kw))
 
     def learn(self, message: bytes, label: str, source: str, who: str = "",
               classifiers: list[str] | None = None, deadline: float | None = None) -> pb.LearnReply:
-        self._check_size(message)
-        req = pb.LearnRequest(message=message, label=wire.LABEL_NUMBERS[label],
-                              source=wire.SOURCE_NUMBERS[source], who=who,
-                              classifiers=[wire.enum_of(c) for c in classifiers or []])
-        return self._call("Learn", req, deadline, retry=True)
+        return self._call("Learn", _learn_request(self, message, label, source, who, classifiers),
+                          deadline, retry=True)
 
     def explain(self, message: bytes, per_classifier: int = 10, deadline: float | None = None) -> pb.ExplainReply:
         self._check_size(message)

@@ -8,6 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import mailgen  # noqa: E402
+from gate_fixtures import dkim_key, dns_server, gate_resolver  # noqa: E402,F401
 
 pytest_plugins = ["pytester"]
 

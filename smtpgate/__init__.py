@@ -1,0 +1,1 @@
+"""mailsift's SMTP gate: the transaction, the deterministic checks, the scorer call."""

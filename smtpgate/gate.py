@@ -1,0 +1,666 @@
+"""The gate's SMTP handler: runs the policy table's steps in each phase, answers with
+the contract's reply, asks the scorer, delivers, quarantines, and logs every decision.
+
+The order of the steps is ``smtpgate.policy.POLICY``; each step is a method here named
+``<phase>_<step>`` that gathers the step's inputs, calls the check module and returns
+``None`` or a ``CheckResult``. Nothing here decides a reply text: replies come from the
+contract table through ``CheckResult.reply()``.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import concurrent.futures
+import functools
+import ipaddress
+import logging
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+
+import grpc
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from classifier.classifications import get
+from classifier.client import AsyncRemoteScorer, MessageTooLarge, ScorerUnavailable
+from classifier.facts import GateFacts
+from classifier.proto import scorer_pb2 as pb
+
+from . import headers
+from .auth import verify_password
+from .checks import dnsbl as dnsbl_mod
+from .checks import dkim as dkim_mod
+from .checks import dmarc as dmarc_mod
+from .checks import ptr as ptr_mod
+from .checks import spf_fail as spf_mod
+from .checks.bad_header_count import bad_header_count
+from .checks.date_skew import date_skew
+from .checks.header_too_long import header_too_long
+from .checks.invalid_helo import invalid_helo
+from .checks.line_too_long import line_too_long
+from .checks.message_partial import message_partial
+from .checks.restricted_address_chars import restricted_address_chars
+from .checks.sender_missing_dns import sender_missing_dns
+from .checks.subject_invalid_chars import subject_invalid_chars
+from .checks.too_many_mime_parts import too_many_mime_parts
+from .config import GateConfig, Settings, address_matches, normalise_address
+from .decisionlog import DecisionLog
+from .delivery import Delivery
+from .dns import Resolver
+from .message import DataContext
+from .policy import POLICY
+from .quarantine import Quarantine
+from .result import CheckResult
+
+log = logging.getLogger("mailsift.gate")
+
+_STOPS = ("tempfail", "reject", "quarantine", "discard")
+_BEFORE_RCPT = ("connect", "helo", "auth", "mail")
+
+
+def new_id() -> str:
+    """A queue id: time-ordered (milliseconds, hex) and unique (random tail)."""
+    return f"{int(time.time() * 1000):011X}{secrets.token_hex(3).upper()}"
+
+
+@dataclass
+class Conn:
+    """What the gate knows about one SMTP connection."""
+    id: str
+    listener: str                 # inbound, submission, submissions
+    client_ip: str
+    client_port: int
+    ptr: str = "unknown"          # match, mismatch, missing, unknown
+    ptr_name: str | None = None
+    helo: str = ""
+    helo_valid: bool = True
+    dnsbl: list[str] = field(default_factory=list)
+    dnswl: list[str] = field(default_factory=list)
+    dnswl_result: CheckResult | None = None
+    deferred: list[CheckResult] = field(default_factory=list)
+    user: str | None = None
+    tls: bool = False
+
+    @property
+    def submission(self) -> bool:
+        return self.listener != "inbound"
+
+
+@dataclass
+class Txn:
+    """One mail transaction (MAIL to end of DATA or RSET)."""
+    queue_id: str
+    mail_from: str
+    smtputf8: bool = False
+    body8bit: bool = False
+    spf: object | None = None     # checks.spf_fail.SpfOutcome
+    deferred: list[CheckResult] = field(default_factory=list)
+    settings: Settings | None = None
+    route: tuple[str, int] | None = None
+    rcpts: list[str] = field(default_factory=list)         # accepted, to be delivered
+    blackholed: list[tuple[str, CheckResult]] = field(default_factory=list)
+    whitelisted: CheckResult | None = None
+    bypassed: list[CheckResult] = field(default_factory=list)   # what the whitelist let pass
+
+    def bypass(self, result: CheckResult) -> None:
+        if result not in self.bypassed:
+            self.bypassed.append(result)
+
+
+def _guarded(phase: str):
+    """Any failure of ours in a hook answers ``internal_error`` (451 4.3.0), is logged as
+    a decision with the exception as evidence, and never accepts a message."""
+    def deco(fn):
+        @functools.wraps(fn)   # aiosmtpd reads the hook's signature (old/new EHLO hook)
+        async def hook(self, server, session, *args):
+            try:
+                return await fn(self, server, session, *args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("internal error in %s", phase)
+                result = CheckResult("internal_error", phase, f"{type(exc).__name__}: {exc}")
+                conn = getattr(session, "gate", None)
+                envelope = args[0] if args and phase != "connect" else None
+                txn = getattr(envelope, "gate", None)
+                if conn is not None:
+                    self._log(conn, txn, result, "internal_error", result.reply(), phase,
+                              rcpt=args[1] if phase == "rcpt" else None)
+                if phase == "ehlo":
+                    return args[2]   # the EHLO reply as aiosmtpd built it
+                if phase == "helo":
+                    return f"250 {server.hostname}"
+                return result.reply()
+        return hook
+    return deco
+
+
+class Gate:
+    """The aiosmtpd handler. One per process; per-connection state lives on the
+    aiosmtpd session (``session.gate``) and envelope (``envelope.gate``)."""
+
+    def __init__(self, config: GateConfig, *, resolver: Resolver, scorer: AsyncRemoteScorer,
+                 delivery: Delivery, quarantine: Quarantine, decisions: DecisionLog,
+                 clock=time.time):
+        self.cfg = config
+        self.resolver = resolver
+        self.scorer = scorer
+        self.delivery = delivery
+        self.quarantine = quarantine
+        self.decisions = decisions
+        self.clock = clock
+        # pyspf is synchronous: each evaluation holds a thread while it waits for DNS.
+        # Its own pool, sized for many concurrent connections, keeps SPF from starving
+        # the loop's default executor (password hashing) and vice versa.
+        self._spf_pool = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="spf")
+        self._own_names = {config.hostname.lower()}
+        self._own_ips = set(config.own_ips)
+
+    # ------------------------------------------------------------------------------
+    # Running the table
+    # ------------------------------------------------------------------------------
+    async def _run(self, phase: str, *args) -> CheckResult | None:
+        for step in POLICY[phase]:
+            result = await getattr(self, f"{phase}_{step}")(*args)
+            if result is None:
+                continue
+            row = result.row
+            if row.action == "accept":
+                continue
+            if phase in _BEFORE_RCPT and row.whitelist:
+                self._defer(phase, args, result)
+                continue
+            return result
+        return None
+
+    def _defer(self, phase, args, result: CheckResult) -> None:
+        conn_or_txn = args[1] if phase == "mail" else args[0]
+        conn_or_txn.deferred.append(result)
+
+    def _log(self, conn: Conn, txn: Txn | None, result: CheckResult | None, classification: str,
+             reply: str, phase: str, rcpt: str | None = None, **extra) -> None:
+        evidence = [result.to_log()] if result is not None else []
+        if txn is not None and txn.bypassed:
+            extra["bypassed"] = [r.to_log() for r in txn.bypassed]
+        self.decisions.write(
+            classification=classification, reply=reply, phase=phase,
+            queue_id=txn.queue_id if txn else None, conn=conn.id, listener=conn.listener,
+            client_ip=conn.client_ip, ptr=conn.ptr_name, helo=conn.helo or None, user=conn.user,
+            mail_from=txn.mail_from if txn else None, rcpt=rcpt,
+            settings_id=txn.settings.id if txn and txn.settings else None,
+            evidence=evidence + extra.pop("more_evidence", []), **extra)
+
+    # ------------------------------------------------------------------------------
+    # aiosmtpd hooks
+    # ------------------------------------------------------------------------------
+    async def authenticate(self, server, session, mechanism: str, auth_data: LoginPassword) -> AuthResult:
+        """AUTH on the submission listeners (aiosmtpd offers it only over TLS). The scrypt
+        check runs in a thread: it takes ~0.1 s on purpose and must not stall the loop."""
+        conn: Conn = session.gate
+        name = auth_data.login.decode("utf-8", "replace")
+        user = self.cfg.users.get(name)
+        ok = False
+        if user is not None:
+            ok = await asyncio.to_thread(verify_password, auth_data.password, user.password_hash)
+        log.info("auth", extra={"fields": {"event": "auth", "conn": conn.id, "client_ip": conn.client_ip,
+                                           "user": name, "mechanism": mechanism, "success": ok}})
+        if ok:
+            conn.user = name
+            return AuthResult(success=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)
+
+    @_guarded("connect")
+    async def handle_CONNECT(self, server, session) -> str | None:
+        peer = session.peer or ("0.0.0.0", 0)
+        conn = Conn(id=new_id(), listener=server.listener, client_ip=str(peer[0]), client_port=int(peer[1]))
+        session.gate = conn
+        result = await self._run("connect", conn)
+        if result is None:
+            return None
+        reply = result.reply()
+        self._log(conn, None, result, result.classification, reply, "connect")
+        return reply
+
+    @_guarded("helo")
+    async def handle_HELO(self, server, session, envelope, hostname):
+        conn: Conn = session.gate
+        session.host_name = hostname
+        await self._helo(conn, hostname)
+        return f"250 {server.hostname}"
+
+    @_guarded("ehlo")
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        conn: Conn = session.gate
+        session.host_name = hostname
+        await self._helo(conn, hostname)
+        keep = [r for r in responses[:-1] if r.strip() != "250-AUTH"]   # inbound: no AUTH at all
+        return keep + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def _helo(self, conn: Conn, hostname: str) -> None:
+        conn.helo = hostname
+        conn.deferred = [r for r in conn.deferred if r.classification != "invalid_helo"]
+        conn.helo_valid = True
+        await self._run("helo", conn)
+
+    @_guarded("mail")
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        conn: Conn = session.gate
+        mail_from = "" if address in ("<>", "") else address
+        txn = Txn(queue_id=new_id(), mail_from=mail_from, smtputf8=bool(envelope.smtp_utf8),
+                  body8bit="BODY=8BITMIME" in mail_options)
+        result = await self._run("mail", conn, txn)
+        if result is not None:
+            reply = result.reply()
+            self._log(conn, txn, result, result.classification, reply, "mail")
+            return reply
+        envelope.gate = txn
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    @_guarded("rcpt")
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        conn: Conn = session.gate
+        txn: Txn = envelope.gate
+        rcpt = normalise_address(address)
+        try:
+            result = await self._run("rcpt", conn, txn, rcpt)
+        except _Reply as r:
+            return r.reply
+        if result is not None:
+            reply = result.reply()
+            if result.row.action == "discard":   # blackhole: 250 now, delivered nowhere
+                txn.blackholed.append((rcpt, result))
+                envelope.rcpt_tos.append(address)
+            self._log(conn, txn, result, result.classification, reply, "rcpt", rcpt=rcpt)
+            return reply
+        txn.rcpts.append(rcpt)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_RSET(self, server, session, envelope):
+        return None
+
+    @_guarded("data")
+    async def handle_DATA(self, server, session, envelope):
+        conn: Conn = session.gate
+        txn: Txn = envelope.gate
+        conn.tls = session.ssl is not None
+        raw: bytes = envelope.original_content
+        ctx = DataContext.from_bytes(raw, smtputf8=txn.smtputf8, now=self.clock(),
+                                     max_line_seen=server.max_line_seen,
+                                     mime_part_cap=txn.settings.max_mime_parts + 1 if txn.settings else 1000)
+        common = dict(message_id=ctx.message_id or None, size=len(raw))
+        for rcpt, bh in txn.blackholed:
+            self._log(conn, txn, bh, "blackhole", bh.reply(), "data", rcpt=rcpt, **common)
+        if not txn.rcpts:
+            return "250 2.0.0 OK"   # only blackholed recipients
+        outcome = _DataOutcome()
+        result = await self._run("data", conn, txn, ctx, outcome)
+        if result is None:   # the scorer accepts (or a whitelist did)
+            result = outcome.accepted
+        return await self._act(conn, txn, ctx, raw, result, outcome, common)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("internal error in the SMTP session: %s", error)
+        return get("internal_error").reply()
+
+    # ------------------------------------------------------------------------------
+    # After DATA: act on the decision
+    # ------------------------------------------------------------------------------
+    async def _act(self, conn, txn, ctx, raw, result: CheckResult, outcome, common) -> str:
+        row = result.row
+        log_extra = dict(common, score=outcome.score, scores=outcome.scores or None,
+                         model_version=outcome.model_version,
+                         more_evidence=[r.to_log() for r in outcome.notes])
+        if row.action == "accept":
+            message = headers.prepend(raw, self._trace_headers(conn, txn, ctx, result, outcome),
+                                      strip_authserv_id=self.cfg.hostname)
+            d = await self.delivery.deliver(txn.route, txn.mail_from, txn.rcpts, message,
+                                            smtputf8=txn.smtputf8, body8bit=txn.body8bit)
+            if not d.ok:
+                # The route refused or could not be reached while the sender waits: say
+                # so with the contract's rows for a destination that fails.
+                bad = CheckResult("destination_unverified" if d.status == "tempfail" else
+                                  "destination_does_not_exist", "delivery", d.detail,
+                                  details={"route": f"{txn.route[0]}:{txn.route[1]}", "code": d.code})
+                reply = bad.reply()
+                for rcpt in txn.rcpts:
+                    self._log(conn, txn, bad, bad.classification, reply, "data", rcpt=rcpt,
+                              **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
+                return reply
+            reply = row.reply()
+            for rcpt in txn.rcpts:
+                refused = d.refused.get(rcpt)
+                extra = dict(log_extra)
+                if refused:   # partial: the route took the others; bounces are issue #7's
+                    extra["delivery"] = {"refused": list(refused)}
+                self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **extra)
+            return reply
+        reply = result.reply()
+        if row.action == "quarantine":
+            self.quarantine.store(txn.queue_id, raw, {
+                "mail_from": txn.mail_from, "rcpts": txn.rcpts, "client_ip": conn.client_ip,
+                "helo": conn.helo, "classification": result.classification, "reply": reply,
+                "evidence": [result.to_log()] + [r.to_log() for r in outcome.notes],
+                "score": outcome.score, "scores": outcome.scores, "model_version": outcome.model_version,
+                "settings_id": txn.settings.id if txn.settings else None,
+                "message_id": ctx.message_id, "route": txn.route})
+        for rcpt in txn.rcpts:
+            self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **log_extra)
+        return reply
+
+    def _trace_headers(self, conn, txn, ctx, result, outcome) -> list[tuple[str, str]]:
+        with_ = "ESMTP"
+        if conn.tls:
+            with_ += "S"
+        if conn.user:
+            with_ += "A"
+        out = [("Received", headers.received(
+            helo=conn.helo, ptr_name=conn.ptr_name if conn.ptr == "match" else None, ip=conn.client_ip, by=self.cfg.hostname,
+            with_=with_, queue_id=txn.queue_id, rcpt=txn.rcpts[0] if len(txn.rcpts) == 1 else None,
+            date=format_datetime(datetime.datetime.fromtimestamp(self.clock(), datetime.timezone.utc))))]
+        if outcome.auth_results:
+            out.append(("Authentication-Results", outcome.auth_results))
+        score = "" if outcome.score is None else f"{outcome.score:.4f}"
+        out.append(("X-Mailsift-Classification", f"{result.classification}; {get(result.classification).name}"))
+        if score:
+            out.append(("X-Mailsift-Score", f"{score}; threshold={txn.settings.threshold}; "
+                        f"model={outcome.model_version}"))
+        return out
+
+    # ------------------------------------------------------------------------------
+    # connect
+    # ------------------------------------------------------------------------------
+    async def connect_ip_blacklisted(self, conn: Conn):
+        try:
+            ip = ipaddress.ip_address(conn.client_ip)
+        except ValueError:
+            return None
+        for net in self.cfg.ip_blacklist:
+            if ip in net:
+                return CheckResult("ip_blacklisted", "ip_blacklisted", f"{ip} is in {net}",
+                                   details={"entry": str(net)})
+        return None
+
+    async def connect_dnsbl(self, conn: Conn):
+        if conn.submission:
+            return None   # authenticated users are judged by who they are, not where from
+        zones_bl, zones_wl = self.cfg.dnsbl_zones, self.cfg.dnswl_zones
+        skip = not self.cfg.dnsbl_check_private
+        bl, wl = await asyncio.gather(
+            dnsbl_mod.lookup(self.resolver, conn.client_ip, zones_bl, skip_private=skip),
+            dnsbl_mod.lookup(self.resolver, conn.client_ip, zones_wl, skip_private=skip))
+        conn.dnsbl = [x.zone for x in bl]
+        conn.dnswl = [x.zone for x in wl]
+        conn.dnswl_result = dnsbl_mod.dnswl(wl, min_hits=self.cfg.dnswl_min_hits)
+        if conn.dnswl_result is not None:
+            return None   # listed on a whitelist: the blocklists' verdict does not apply
+        return dnsbl_mod.dnsbl_multiple(bl, min_hits=self.cfg.dnsbl_min_hits)
+
+    async def connect_ptr(self, conn: Conn):
+        conn.ptr, conn.ptr_name = await ptr_mod.ptr_fact(self.resolver, conn.client_ip)
+        return None
+
+    # ------------------------------------------------------------------------------
+    # HELO
+    # ------------------------------------------------------------------------------
+    async def helo_invalid_helo(self, conn: Conn):
+        r = invalid_helo(conn.helo, conn.client_ip, self._own_names, self._own_ips)
+        conn.helo_valid = r is None
+        if conn.submission:
+            return None   # submission clients (laptops) send anything as HELO
+        return r
+
+    # ------------------------------------------------------------------------------
+    # MAIL
+    # ------------------------------------------------------------------------------
+    async def mail_submission_auth_required(self, conn: Conn, txn: Txn):
+        if conn.submission and conn.user is None:
+            return CheckResult("submission_auth_required", "submission_auth_required",
+                               f"MAIL on the {conn.listener} port without AUTH")
+        return None
+
+    async def mail_sender_blacklisted(self, conn: Conn, txn: Txn):
+        hit = txn.mail_from and address_matches(txn.mail_from, self.cfg.sender_blacklist)
+        if hit:
+            return CheckResult("sender_blacklisted", "sender_blacklisted",
+                               f"{txn.mail_from} matches the administrator's sender blacklist entry {hit!r}",
+                               details={"entry": hit})
+        return None
+
+    async def mail_spf_fail(self, conn: Conn, txn: Txn):
+        if conn.submission:
+            return None
+        txn.spf = await spf_mod.evaluate(self.resolver, conn.client_ip, conn.helo, txn.mail_from,
+                                         executor=self._spf_pool)
+        return spf_mod.spf_fail(txn.spf)
+
+    async def mail_sender_missing_dns(self, conn: Conn, txn: Txn):
+        if conn.submission:
+            return None
+        return await sender_missing_dns(self.resolver, txn.mail_from)
+
+    # ------------------------------------------------------------------------------
+    # RCPT
+    # ------------------------------------------------------------------------------
+    def _rcpt_settings(self, conn: Conn, rcpt: str) -> Settings:
+        if conn.submission:
+            return self.cfg.outgoing_settings
+        domain = self.cfg.domain_of(rcpt)
+        return domain.settings_for(rcpt) if domain else self.cfg.filtering
+
+    async def rcpt_too_many_recipients(self, conn, txn: Txn, rcpt):
+        if len(txn.rcpts) + len(txn.blackholed) >= self.cfg.max_recipients:
+            # Not a contract classification: a protocol limit, answered as RFC 5321
+            # 4.5.3.1.10 says, and the client sends the rest in another transaction.
+            raise _Reply("452 4.5.3 Too many recipients")
+        return None
+
+    async def rcpt_restricted_address_chars(self, conn, txn, rcpt):
+        if not self._rcpt_settings(conn, rcpt).enabled("restricted_address_chars"):
+            return None
+        return restricted_address_chars(rcpt, self._rcpt_settings(conn, rcpt).allowed_address_chars)
+
+    async def rcpt_relay_not_permitted(self, conn: Conn, txn, rcpt):
+        if conn.submission:
+            return None   # authenticated (MAIL checked it): outgoing mail goes anywhere
+        if self.cfg.domain_of(rcpt) is None:
+            return CheckResult("relay_not_permitted", "relay_not_permitted",
+                               f"{rcpt.rpartition('@')[2]} is not a filtered domain")
+        return None
+
+    async def rcpt_destination_not_configured(self, conn: Conn, txn, rcpt):
+        domain = None if conn.submission else self.cfg.domain_of(rcpt)
+        if domain and domain.local_recipients is not None and rcpt not in domain.local_recipients:
+            return CheckResult("destination_not_configured", "destination_not_configured",
+                               f"{rcpt} is not in the Local Recipients of {domain.name}")
+        return None
+
+    async def rcpt_null_sender_multiple_rcpt(self, conn, txn: Txn, rcpt):
+        if (txn.mail_from == "" and (txn.rcpts or txn.blackholed)
+                and self._rcpt_settings(conn, rcpt).enabled("null_sender_multiple_rcpt")):
+            return CheckResult("null_sender_multiple_rcpt", "null_sender_multiple_rcpt",
+                               f"null sender, recipient {len(txn.rcpts) + len(txn.blackholed) + 1}",
+                               details={"earlier": txn.rcpts + [r for r, _ in txn.blackholed]})
+        return None
+
+    async def rcpt_blackhole(self, conn, txn, rcpt):
+        hit = address_matches(rcpt, self._rcpt_settings(conn, rcpt).blackhole)
+        if hit:
+            return CheckResult("blackhole", "blackhole", f"{rcpt} is a blackhole address ({hit!r})")
+        return None
+
+    async def rcpt_domain_sender_blacklisted(self, conn, txn: Txn, rcpt):
+        settings = self._rcpt_settings(conn, rcpt)
+        hit = txn.mail_from and address_matches(txn.mail_from, settings.sender_blacklist)
+        if hit:
+            return CheckResult("domain_sender_blacklisted", "domain_sender_blacklisted",
+                               f"{txn.mail_from} matches {rcpt.rpartition('@')[2]}'s sender blacklist"
+                               f" entry {hit!r}", details={"entry": hit})
+        return None
+
+    async def rcpt_whitelisted(self, conn, txn: Txn, rcpt):
+        settings = self._rcpt_settings(conn, rcpt)
+        hit = txn.mail_from and address_matches(txn.mail_from, settings.sender_whitelist)
+        if hit and (txn.settings is None or txn.settings.id == settings.id):
+            txn.whitelisted = CheckResult("whitelisted", "whitelisted",
+                                          f"{txn.mail_from} matches the sender whitelist entry {hit!r}",
+                                          details={"entry": hit})
+        return None
+
+    async def rcpt_deferred(self, conn: Conn, txn: Txn, rcpt):
+        for r in conn.deferred + txn.deferred:
+            if txn.whitelisted is None or not r.row.whitelist:
+                return r
+            txn.bypass(r)
+        return None
+
+    async def rcpt_split_delivery(self, conn: Conn, txn: Txn, rcpt):
+        settings = self._rcpt_settings(conn, rcpt)
+        route = self.cfg.outgoing_relay if conn.submission else self.cfg.domain_of(rcpt).route
+        if txn.settings is None:
+            txn.settings, txn.route = settings, route
+            return None
+        # The synchronous relay (until the queue of issue #7) also needs one route per
+        # transaction, so a different route splits too.
+        if settings.id != txn.settings.id or route != txn.route:
+            return CheckResult("split_delivery", "split_delivery",
+                               f"{rcpt} has settings {settings.id}, this transaction {txn.settings.id}",
+                               details={"settings_id": settings.id, "transaction_settings_id": txn.settings.id,
+                                        "route": list(route or ()), "transaction_route": list(txn.route or ())})
+        return None
+
+    # ------------------------------------------------------------------------------
+    # DATA
+    # ------------------------------------------------------------------------------
+    async def data_message_partial(self, conn, txn: Txn, ctx, out):
+        return message_partial(ctx) if txn.settings.enabled("message_partial") else None
+
+    async def data_dmarc(self, conn: Conn, txn: Txn, ctx, out):
+        if conn.submission:
+            return None
+        dkim = await dkim_mod.verify(self.resolver, ctx.raw)
+        dmarc = None
+        if txn.spf is not None:
+            dmarc = await dmarc_mod.evaluate(self.resolver, ctx.raw, txn.spf, dkim, txn.mail_from, conn.helo)
+        out.dkim, out.dmarc = dkim, dmarc
+        out.auth_results = headers.auth_results(self.cfg.hostname, txn.spf, dkim, dmarc, conn)
+        if dmarc is None or not txn.settings.enabled("dmarc"):
+            return None
+        return dmarc_mod.dmarc(dmarc)
+
+    async def data_line_too_long(self, conn, txn, ctx, out):
+        return self._format_check(txn, "line_too_long", line_too_long, ctx, txn.settings.max_line_length)
+
+    async def data_too_many_mime_parts(self, conn, txn, ctx, out):
+        return self._format_check(txn, "too_many_mime_parts", too_many_mime_parts, ctx,
+                                  txn.settings.max_mime_parts)
+
+    async def data_bad_header_count(self, conn, txn, ctx, out):
+        return self._format_check(txn, "bad_header_count", bad_header_count, ctx)
+
+    async def data_header_too_long(self, conn, txn, ctx, out):
+        return self._format_check(txn, "header_too_long", header_too_long, ctx, txn.settings.max_header_length)
+
+    async def data_subject_invalid_chars(self, conn, txn, ctx, out):
+        return self._format_check(txn, "subject_invalid_chars", subject_invalid_chars, ctx)
+
+    async def data_date_skew(self, conn, txn, ctx, out):
+        return self._format_check(txn, "date_skew", date_skew, ctx, txn.settings.max_date_skew_days)
+
+    def _format_check(self, txn: Txn, name: str, check, ctx, *args):
+        if not txn.settings.enabled(name):
+            return None
+        r = check(ctx, *args)
+        if r is not None and txn.whitelisted is not None and r.row.whitelist:
+            txn.bypass(r)   # the whitelisted accept logs what it let pass
+            return None
+        return r
+
+    async def data_whitelisted(self, conn, txn: Txn, ctx, out):
+        if txn.whitelisted is not None:
+            out.accepted = txn.whitelisted   # and the scorer step skips the message
+        return None
+
+    async def data_scorer(self, conn: Conn, txn: Txn, ctx, out):
+        if txn.whitelisted is not None:
+            return None
+        if not txn.settings.enabled("scorer"):
+            out.accepted = conn.dnswl_result or CheckResult("not_spam", "scorer", "scoring is turned off")
+            return None
+        facts = GateFacts(
+            spf=getattr(txn.spf, "result", "none") if txn.spf else "none",
+            dkim=_dkim_fact(out.dkim), dmarc=_dmarc_fact(out.dmarc),
+            dnsbl=list(conn.dnsbl), dnswl=list(conn.dnswl), helo_valid=conn.helo_valid,
+            ptr=conn.ptr, authenticated=conn.user is not None)
+        envelope = pb.Envelope(client_ip=conn.client_ip, helo=conn.helo, mail_from=txn.mail_from,
+                               rcpt_to=txn.rcpts, authenticated=conn.user is not None)
+        try:
+            v = await self.scorer.score(ctx.raw, facts=facts, envelope=envelope,
+                                        settings_id=txn.settings.id, threshold=txn.settings.threshold,
+                                        request_id=txn.queue_id)
+        except ScorerUnavailable as exc:
+            return CheckResult("internal_error", "scorer", f"scorer unavailable: {exc}")
+        except MessageTooLarge as exc:
+            return CheckResult("internal_error", "scorer", f"message too large for the scorer: {exc}")
+        except grpc.RpcError as exc:   # DEADLINE_EXCEEDED, INTERNAL, ...: never an unscanned accept
+            return CheckResult("internal_error", "scorer", f"scorer: {exc.code().name}: {exc.details()}")
+        out.score, out.model_version = v.score, v.model_version
+        out.scores = {c.id: round(c.p_spam, 4) for c in v.classifiers if not c.abstained}
+        strongest = _strongest_evidence(v)
+        if v.verdict == "quarantine":
+            return CheckResult(v.classification, "scorer", strongest, score=v.score,
+                               details={"threshold": v.threshold})
+        out.accepted = (CheckResult("dnswl", "scorer", f"{conn.dnswl_result.evidence}; {strongest}",
+                                    score=v.score) if conn.dnswl_result is not None
+                        else CheckResult("not_spam", "scorer", strongest, score=v.score))
+        return None
+
+
+class _Reply(Exception):
+    """A protocol reply that is not a contract classification (452 too many recipients)."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.reply = reply
+
+
+@dataclass
+class _DataOutcome:
+    """What the DATA steps learn on the way, for headers, the log and the quarantine."""
+    accepted: CheckResult | None = None
+    dkim: list | None = None
+    dmarc: object | None = None
+    auth_results: str | None = None
+    score: float | None = None
+    scores: dict | None = None
+    model_version: str | None = None
+    notes: list[CheckResult] = field(default_factory=list)
+
+
+def _dkim_fact(results) -> str:
+    if not results:
+        return "none"
+    return "pass" if any(r.result == "pass" for r in results) else "fail"
+
+
+def _dmarc_fact(d) -> str:
+    if d is None:
+        return "none"
+    return d.result if d.result in ("pass", "fail") else "none"
+
+
+def _strongest_evidence(v) -> str:
+    bits = [f"score {v.score:.4f} (threshold {v.threshold})"]
+    r = v.responsible() if v.verdict == "quarantine" else None
+    for c in ([r] if r else v.classifiers)[:3]:
+        if c and c.evidence:
+            bits.append(f"{c.id}: " + ", ".join(e.feature for e in c.evidence[:3]))
+    return "; ".join(bits)
+
+
+def hostname_default() -> str:
+    return socket.getfqdn()

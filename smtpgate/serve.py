@@ -1,0 +1,149 @@
+"""Running the gate: listeners, the parts they share, and (optionally) the scorer.
+
+``mailsift gate serve --config FILE`` builds everything from the configuration here,
+in ``main``'s call, and nowhere else. With ``[scorer] spawn = true`` (the shipped
+default config) the gate starts ``mailsift scorer serve`` as its child on the first
+scorer address and waits until it serves, so one command runs the whole filter on
+loopback; in production the scorer runs on its own and the gate only connects.
+
+Shutdown (SIGTERM/SIGINT): listeners stop accepting, sessions in progress get
+``drain`` seconds to finish, then the scorer child is stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from classifier.client import AsyncRemoteScorer
+
+from .config import GateConfig
+from .decisionlog import DecisionLog
+from .delivery import SmtpRelay
+from .dns import Resolver
+from .gate import Gate
+from .quarantine import Quarantine
+from .smtp import GateSMTP
+from .tlsutil import self_signed, server_context
+
+log = logging.getLogger("mailsift.gate")
+
+# aiosmtpd's per-session command budgets: floods of NOOP/VRFY/HELP from one session
+# are a probe, not mail. Everything else is bounded by max_recipients and the timeouts.
+CALL_LIMITS = {"NOOP": 20, "VRFY": 10, "EXPN": 10, "HELP": 10, "RSET": 100, "*": 10_000}
+
+
+def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> subprocess.Popen:
+    ready = cfg.state_dir / "scorer.ready"
+    ready.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "classifier.cli", "scorer", "serve",
+           "--bind", cfg.scorer_addresses[0], "--workers", str(cfg.scorer_workers),
+           "--state", str(cfg.state_dir / "scorer"), "--ready-file", str(ready),
+           "--max-message-mb", str(max(1, -(-cfg.max_message_size // (1024 * 1024)) + 1)),
+           "--metrics-port", "0"]
+    if cfg.scorer_model:
+        cmd += ["--model", cfg.scorer_model]
+    proc = subprocess.Popen(cmd)
+    end = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the scorer exited with status {proc.returncode} before serving")
+        if time.monotonic() > end:
+            proc.terminate()
+            raise RuntimeError(f"the scorer did not serve within {timeout:.0f} s")
+        time.sleep(0.05)
+    return proc
+
+
+class GateServer:
+    def __init__(self, cfg: GateConfig):
+        self.cfg = cfg
+        self.servers: list[asyncio.AbstractServer] = []
+        self.gate: Gate | None = None
+        self.scorer: AsyncRemoteScorer | None = None
+        self.decisions: DecisionLog | None = None
+
+    def _tls(self):
+        cert, key = self.cfg.tls_cert, self.cfg.tls_key
+        if cert is None:
+            cert, key = self_signed(self.cfg.state_dir, self.cfg.hostname)
+        return server_context(cert, key)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        resolver = Resolver(list(cfg.resolver_nameservers), port=cfg.resolver_port,
+                            timeout=cfg.resolver_timeout)
+        self.scorer = AsyncRemoteScorer(list(cfg.scorer_addresses), deadline=cfg.scorer_deadline,
+                                        max_message_bytes=cfg.max_message_size + 1024 * 1024)
+        self.decisions = DecisionLog(cfg.decision_log_path)
+        self.gate = Gate(cfg, resolver=resolver, scorer=self.scorer,
+                         delivery=SmtpRelay(cfg.hostname, cfg.relay_timeout),
+                         quarantine=Quarantine(cfg.state_dir / "quarantine"), decisions=self.decisions)
+        tls = self._tls()
+        loop = asyncio.get_running_loop()
+        for listener in cfg.listeners:
+            def factory(kind=listener.kind):
+                smtp = GateSMTP(
+                    self.gate, max_message_size=cfg.max_message_size, hostname=cfg.hostname,
+                    ident="mailsift ESMTP", timeout=cfg.command_timeout,
+                    tls_context=None if kind == "submissions" else tls,
+                    require_starttls=kind == "submission",
+                    # Implicit TLS is TLS from the first byte; aiosmtpd only knows about
+                    # STARTTLS, so it must not ask for it again before AUTH there.
+                    auth_require_tls=kind != "submissions",
+                    auth_exclude_mechanism=["LOGIN", "PLAIN"] if kind == "inbound" else None,
+                    command_call_limit=CALL_LIMITS)
+                smtp.listener = kind
+                return smtp
+            server = await loop.create_server(factory, listener.host, listener.port,
+                                              ssl=tls if listener.kind == "submissions" else None,
+                                              reuse_address=True)
+            self.servers.append(server)
+            log.info("listening", extra={"fields": {"event": "listening", "listener": listener.kind,
+                                                    "bind": f"{listener.host}:{listener.port}"}})
+
+    async def stop(self, drain: float = 10.0) -> None:
+        for s in self.servers:
+            s.close()
+        for s in self.servers:
+            try:
+                await asyncio.wait_for(s.wait_closed(), drain)
+            except asyncio.TimeoutError:
+                log.warning("sessions still open after %.0f s; closing", drain)
+        if self.scorer is not None:
+            await self.scorer.close()
+        if self.decisions is not None:
+            self.decisions.close()
+
+
+async def _serve(cfg: GateConfig, ready_file: Path | None) -> None:
+    server = GateServer(cfg)
+    await server.start()
+    if ready_file is not None:
+        ready_file.write_text(str(os.getpid()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def serve(cfg: GateConfig, ready_file: Path | None = None) -> int:
+    scorer = spawn_scorer(cfg) if cfg.scorer_spawn else None
+    try:
+        asyncio.run(_serve(cfg, ready_file))
+    finally:
+        if scorer is not None:
+            scorer.terminate()
+            try:
+                scorer.wait(30)
+            except subprocess.TimeoutExpired:
+                scorer.kill()
+    return 0
