@@ -53,7 +53,11 @@ def _gate_config(a):
     from smtpgate.config import DEFAULT_CONFIG, ConfigError, load
 
     try:
-        return load(a.config or DEFAULT_CONFIG)
+        if a.config is None:   # the shipped default: its paths are relative to the cwd
+            from pathlib import Path
+
+            return load(DEFAULT_CONFIG, base_dir=Path.cwd())
+        return load(a.config)
     except ConfigError as exc:
         print(f"mailsift: configuration: {exc}", file=sys.stderr)
         return None

@@ -441,7 +441,9 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     return GateConfig(**kw)
 
 
-def load(path: str | Path) -> GateConfig:
+def load(path: str | Path, base_dir: Path | None = None) -> GateConfig:
+    """Relative paths in the file are taken from the file's directory, or from
+    ``base_dir`` (the shipped default config's paths are relative to where you run it)."""
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
@@ -449,7 +451,7 @@ def load(path: str | Path) -> GateConfig:
         raise ConfigError(f"{p}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse(data, p.parent)
+    return parse(data, base_dir or p.parent)
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")

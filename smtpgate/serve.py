@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -77,7 +78,7 @@ class GateServer:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        resolver = Resolver(list(cfg.resolver_nameservers), port=cfg.resolver_port,
+        resolver = Resolver(list(cfg.resolver_nameservers) or None, port=cfg.resolver_port,
                             timeout=cfg.resolver_timeout)
         self.scorer = AsyncRemoteScorer(list(cfg.scorer_addresses), deadline=cfg.scorer_deadline,
                                         max_message_bytes=cfg.max_message_size + 1024 * 1024)
@@ -136,9 +137,19 @@ async def _serve(cfg: GateConfig, ready_file: Path | None) -> None:
 
 
 def serve(cfg: GateConfig, ready_file: Path | None = None) -> int:
-    scorer = spawn_scorer(cfg) if cfg.scorer_spawn else None
+    """Run until SIGTERM/SIGINT. Returns 0, or 1 when the gate cannot start (a port in
+    use, a certificate that does not load, a scorer that does not come up), with the
+    reason logged."""
+    try:
+        scorer = spawn_scorer(cfg) if cfg.scorer_spawn else None
+    except (RuntimeError, OSError) as exc:
+        log.error("cannot start the scorer: %s", exc)
+        return 1
     try:
         asyncio.run(_serve(cfg, ready_file))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        log.error("cannot start the gate: %s", exc)
+        return 1
     finally:
         if scorer is not None:
             scorer.terminate()

@@ -602,8 +602,9 @@ def test_implicit_tls_submission(gate, sink):
     assert sink.messages[0]["rcpts"] == ["x@far-away.test"]
 
 
-def test_command_timeout_says_421(dns_server, peers, tmp_path):
+def test_idle_and_trickling_clients_time_out_with_421(dns_server, peers, tmp_path):
     sink, scorer = peers
+    sink.clear()
     cfg = gate_config(dns_server, sink, scorer, {"gate": {"state_dir": str(tmp_path), "command_timeout": 1.0}})
     g = GateThread(cfg, tmp_path).start()
     try:
@@ -612,5 +613,40 @@ def test_command_timeout_says_421(dns_server, peers, tmp_path):
         c.cmd("EHLO mail.good.test")
         code, text = c.reply()          # say nothing: the gate gives up
         assert code == 421 and text.startswith("4.4.2")
+        # a client that trickles its DATA never gets more than the timeout for it
+        c = RawClient(g.port())
+        c.reply()
+        c.cmd("EHLO mail.good.test")
+        c.cmd("MAIL FROM:<sender@good.test>")
+        c.cmd("RCPT TO:<alice@local.test>")
+        assert c.cmd("DATA")[0] == 354
+        for chunk in [message()[i:i + 10] for i in range(0, 100, 10)]:
+            try:
+                c.send(chunk)
+            except OSError:
+                break
+            time.sleep(0.25)
+        assert c.reply()[0] == 421
+        assert sink.messages == []
     finally:
         g.stop()
+
+
+def test_hostile_message_bodies_get_an_answer_and_lose_nothing(gate, sink):
+    big_line = message(body="q" * 150_000 + "\r\n")                   # under SIZE, one line
+    _, _, data = send(gate, big_line)
+    assert data == split(reply("line_too_long"))
+    garbage = bytes(range(256)) * 200                                     # binary, NULs, no headers
+    _, _, data = send(gate, garbage.replace(b"\r\n.", b"\r\n,"))
+    assert data[0] in (250, 550), data
+    bare_lf = message().replace(b"\r\n", b"\n")
+    _, _, data = send(gate, bare_lf)
+    assert data[0] in (250, 550), data
+    broken_mime = message(extra=b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"\r\n"
+                                b"Content-Transfer-Encoding: base64\r\n", body="--\r\n=?x?=\r\n" * 50)
+    _, _, data = send(gate, broken_mime)
+    assert data[0] in (250, 550), data
+    # whatever was answered 250 reached the sink, and nothing else did
+    accepted = [d for d in gate.decisions()[-4:] if d["reply"].startswith("250")]
+    assert len(sink.messages) == len(accepted)
+    assert not any(d["classification"] == "internal_error" for d in gate.decisions()[-4:])

@@ -1,0 +1,147 @@
+"""The whole filter as an admin runs it: ``mailsift gate serve`` as a process, which
+starts the real scoring service with a trained model ([scorer] spawn), DNS from dnsmasq,
+a sink for the domain's mail server; spam gets the scorer's 550 and lands in the
+quarantine, ham is relayed with our headers; swaks (a real SMTP client) for a smoke
+test; SIGTERM stops both processes cleanly.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import gate_zones as z
+import mailgen
+from classifier.classifications import get
+from gate_harness import Sink, free_port
+
+
+def _crlf(raw: bytes) -> bytes:
+    return re.sub(rb"\r?\n", b"\r\n", raw)
+
+
+def _now(raw: bytes) -> bytes:
+    """mailgen's messages are dated January 2026; the gate's date_skew check would say so."""
+    return re.sub(rb"(?m)^Date: .*$", f"Date: {email.utils.formatdate(localtime=True)}".encode(), raw, count=1)
+
+
+@pytest.fixture(scope="module")
+def running(dns_server, fitted_bundle, tmp_path_factory):
+    """(gate port, sink, state dir, process) for a gate started from the command line."""
+    from classifier.scorer import Scorer
+
+    d = tmp_path_factory.mktemp("e2e")
+    sink = Sink().start()
+    port, scorer_port = free_port(), free_port()
+    cfg = f"""
+[gate]
+hostname = "mx.e2e.test"
+state_dir = "state"
+
+[listeners.inbound]
+bind = "127.0.0.1:{port}"
+
+[resolver]
+nameservers = ["127.0.0.1"]
+port = {dns_server.port}
+timeout = {z.TEST_TIMEOUT}
+
+[scorer]
+addresses = ["127.0.0.1:{scorer_port}"]
+spawn = true
+model = "{fitted_bundle}"
+deadline = 20
+
+[domains."example.test"]
+route = "127.0.0.1:{sink.port}"
+"""
+    (d / "gate.toml").write_text(cfg)
+    ready = d / "gate.ready"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "classifier.cli", "gate", "serve", "--config",
+                             str(d / "gate.toml"), "--ready-file", str(ready)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    end = time.monotonic() + 120
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"the gate did not start: {proc.stdout.read().decode()[-3000:]}")
+        time.sleep(0.1)
+    # pick a spam and a ham the model is sure of, from messages it was not trained on
+    scorer = Scorer.load(fitted_bundle)
+    msgs, labels = mailgen.corpus(20, 20, seed=7)
+    msgs = [_now(_crlf(m)) for m in msgs]
+    spam = max((m for m, y in zip(msgs, labels) if y == 1), key=lambda m: scorer.score(m).score)
+    ham = min((m for m, y in zip(msgs, labels) if y == 0), key=lambda m: scorer.score(m).score)
+    yield {"port": port, "scorer_port": scorer_port, "sink": sink, "state": d / "state", "proc": proc, "spam": spam, "ham": ham}
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    sink.stop()
+
+
+def _send(port, raw):
+    with smtplib.SMTP("127.0.0.1", port, source_address=(z.IP_GOOD, 0), timeout=30) as s:
+        s.ehlo("mail.good.test")
+        s.mail("sender@good.test")
+        s.rcpt("user@example.test")
+        code, text = s.data(raw)
+        return code, text.decode()
+
+
+def test_spam_is_refused_by_the_scorers_classification_and_quarantined(running):
+    code, text = _send(running["port"], running["spam"])
+    decisions = [json.loads(x) for x in (running["state"] / "decisions.jsonl").read_text().splitlines()]
+    d = decisions[-1]
+    row = get(d["classification"])
+    assert row.action == "quarantine"
+    assert (code, text) == (row.code, f"{row.enhanced} {row.text}")
+    assert d["score"] is not None and d["model_version"] == "test-1"
+    assert d["evidence"][0]["check"] == "scorer"
+    assert list(running["state"].glob(f"quarantine/*/{d['queue_id']}.eml"))
+    assert running["sink"].messages == []
+
+
+def test_ham_is_relayed_with_the_verdict_in_its_headers(running):
+    running["sink"].clear()
+    code, text = _send(running["port"], running["ham"])
+    assert (code, text) == (250, get("not_spam").reply()[4:])
+    delivered = running["sink"].messages[0]["data"]
+    assert b"X-Mailsift-Classification: not_spam" in delivered
+    assert re.search(rb"X-Mailsift-Score: 0\.\d{4}; threshold=0.9; model=test-1", delivered)
+
+
+def test_swaks_smoke(running):
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        pytest.skip("swaks is not installed (Debian package swaks)")
+    running["sink"].clear()
+    out = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{running['port']}", "--local-interface", z.IP_GOOD,
+         "--helo", "mail.good.test", "--from", "sender@good.test", "--to", "user@example.test",
+         "--header", "Subject: meeting notes", "--body", running["ham"].split(b"\r\n\r\n", 1)[1].decode(),
+         "--timeout", "30"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "<-  250 2.0.0 Message accepted for delivery" in out.stdout
+    assert len(running["sink"].messages) == 1
+
+
+def test_sigterm_stops_the_gate_and_its_scorer(running):
+    proc = running["proc"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    log = proc.stdout.read().decode()
+    assert '"event": "listening"' in log
+    for p in (running["port"], running["scorer_port"]):   # the gate and the scorer it started
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", p), timeout=2)
