@@ -158,6 +158,9 @@ class Gate:
         self._own_names = {config.hostname.lower()}
         self._own_ips = set(config.own_ips)
 
+    def close(self) -> None:
+        self._spf_pool.shutdown(wait=False, cancel_futures=True)
+
     # ------------------------------------------------------------------------------
     # Running the table
     # ------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ class GateServer:
                 log.warning("sessions still open after %.0f s; closing", drain)
         if self.scorer is not None:
             await self.scorer.close()
+        if self.gate is not None:
+            self.gate.close()
         if self.decisions is not None:
             self.decisions.close()
 

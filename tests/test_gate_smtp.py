@@ -539,13 +539,19 @@ def test_garbage_commands_get_answers_then_the_door(gate):
     assert c.closed()
 
 
-def test_disconnect_mid_data_delivers_nothing(gate, sink):
-    c = RawClient(gate.port())
+def _in_data(port: int) -> RawClient:
+    """A raw session that has just been told 354."""
+    c = RawClient(port)
     c.reply()
     c.cmd("EHLO mail.good.test")
     c.cmd("MAIL FROM:<sender@good.test>")
     c.cmd("RCPT TO:<alice@local.test>")
     assert c.cmd("DATA")[0] == 354
+    return c
+
+
+def test_disconnect_mid_data_delivers_nothing(gate, sink):
+    c = _in_data(gate.port())
     c.send(message()[:60])
     c.close()
     time.sleep(0.3)
@@ -614,12 +620,7 @@ def test_idle_and_trickling_clients_time_out_with_421(dns_server, peers, tmp_pat
         code, text = c.reply()          # say nothing: the gate gives up
         assert code == 421 and text.startswith("4.4.2")
         # a client that trickles its DATA never gets more than the timeout for it
-        c = RawClient(g.port())
-        c.reply()
-        c.cmd("EHLO mail.good.test")
-        c.cmd("MAIL FROM:<sender@good.test>")
-        c.cmd("RCPT TO:<alice@local.test>")
-        assert c.cmd("DATA")[0] == 354
+        c = _in_data(g.port())
         for chunk in [message()[i:i + 10] for i in range(0, 100, 10)]:
             try:
                 c.send(chunk)
