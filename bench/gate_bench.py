@@ -54,9 +54,12 @@ machine. Per mode: msgs/s (median over rounds), end-of-DATA-to-reply p50 and p99
 rounds' messages pooled, and each round's p99), replies by class. Throughput ratio:
 median gate over median baseline. Each round also records CPU seconds per message of
 every process (gate, scorer, sink, load generator, dnsmasq; /proc utime + stime) and
-what the machine's other processes took meanwhile, to tell a slow round from a busy
-machine. The check that matters for correctness: in every gate round the sink received
-exactly as many messages as the gate answered 250.
+what the machine's other processes took meanwhile, and where the gate's event loop
+(its main thread: /proc schedstat) spent the round: on a core, runnable but waiting for
+one, or asleep, to tell a gate that is the bottleneck from a busy machine. The check
+that matters for correctness: in every gate round the sink received exactly as many
+messages as the gate answered 250, each with the gate's headers (the exit status is 1
+otherwise).
 
 The load is closed-loop: each client sends its next message when the last is answered,
 so at 16 clients the gate is saturated and the p99 includes waiting behind the other
@@ -510,6 +513,12 @@ class Bench:
                 "dnsmasq": tree(self.dns._proc.pid), "load": _stat(os.getpid())[1],
                 "machine": machine_busy()}
 
+    def gate_loop(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds runnable but waiting for one) of the gate's main
+        thread, its event loop: /proc/<pid>/schedstat is the thread group leader's."""
+        run, wait = open(f"/proc/{self.gate.pid}/schedstat").read().split()[:2]
+        return int(run) / 1e9, int(wait) / 1e9
+
     def dns_queries(self) -> int:
         text = self.dns.log_text()
         new = text[self.dns_log:]
@@ -528,9 +537,10 @@ class Bench:
         self.scores.skip()
         self.dns_queries()
         sink0 = self.sink.snapshot()
-        cpu0 = self.cpu()
+        cpu0, loop0 = self.cpu(), self.gate_loop()
         wall, results = asyncio.run(load(port, payloads, a.clients))
-        cpu1 = self.cpu()
+        cpu1, loop1 = self.cpu(), self.gate_loop()
+        on_cpu, waiting = loop1[0] - loop0[0], loop1[1] - loop0[1]
         # No wait needed: the sink counts a message before it answers, the gate answers
         # after the sink did and after its decision line, the scorer logs before it replies.
         sink1 = self.sink.snapshot()
@@ -563,6 +573,11 @@ class Bench:
             "cpu_s": {k: round(v, 3) for k, v in used.items()},
             "others_cpu_s": round(max(0.0, used["machine"] - ours), 3),
             "others_cores": round(max(0.0, used["machine"] - ours) / wall, 2),
+            # Where the gate's event loop spent the round: running, ready to run but
+            # without a core (a busy machine), or asleep (idle in epoll, or blocked in a
+            # syscall such as fsync). Near 1 - sleeping, the loop was the bottleneck.
+            "gate_loop": {"on_cpu": round(on_cpu / wall, 3), "waiting_for_cpu": round(waiting / wall, 3),
+                          "sleeping": round(max(0.0, 1 - (on_cpu + waiting) / wall), 3)},
             "dns_queries": self.dns_queries(),
             "_latencies": lat,
         }
@@ -602,6 +617,9 @@ def summarise(rounds: list[dict]) -> dict:
             for k, v in r["replies"].items():
                 codes[k] = codes.get(k, 0) + v
         cpu = {k: round(statistics.median(r["cpu_ms_per_msg"][k] for r in rs), 3) for k in rs[0]["cpu_ms_per_msg"]}
+        # All our processes' CPU per message: unlike msgs/s it hardly moves when other
+        # processes take cores away, so its ratio is the steadier cost of the gate.
+        cpu_total = round(statistics.median(sum(r["cpu_ms_per_msg"].values()) for r in rs), 3)
         out[mode] = {
             "rounds": len(rs),
             "msgs_per_s_median": round(statistics.median(r["msgs_per_s"] for r in rs), 2),
@@ -613,7 +631,10 @@ def summarise(rounds: list[dict]) -> dict:
             "sink_delivered": sum(r["sink_delivered"] for r in rs),
             "delivered_matches_250": all(r["delivered_matches_250"] for r in rs),
             "cpu_ms_per_msg_median": cpu,
+            "cpu_ms_per_msg_all_median": cpu_total,
             "others_cores_median": round(statistics.median(r["others_cores"] for r in rs), 2),
+            "gate_loop_median": {k: round(statistics.median(r["gate_loop"][k] for r in rs), 3)
+                                 for k in rs[0]["gate_loop"]},
             "dns_queries_per_msg": round(sum(r["dns_queries"] for r in rs) / sum(r["messages"] for r in rs), 3),
         }
         if mode == "gate":
@@ -628,6 +649,8 @@ def summarise(rounds: list[dict]) -> dict:
     out["ratio_gate_over_baseline"] = round(g / b, 4)
     out["gate_costs_x"] = round(b / g, 2)
     out["ratio_per_round_pair"] = [round(x, 4) for x in pairs]
+    out["cpu_per_msg_gate_over_baseline"] = round(
+        out["gate"]["cpu_ms_per_msg_all_median"] / out["baseline"]["cpu_ms_per_msg_all_median"], 2)
     return out
 
 
@@ -637,14 +660,17 @@ def fmt(v, width: int = 9) -> str:
 
 def print_rounds(rounds: list[dict]) -> None:
     print(f"{'round':<12}{'mode':<10}{'msgs/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'2xx':>6}{'4xx':>6}{'5xx':>6}"
-          f"{'err':>5}{'sink':>6}{'gate ms/msg':>12}{'scorer':>8}{'sink':>7}{'load':>7}{'others':>8}{'dns q':>7}")
+          f"{'err':>5}{'sink':>6}{'gate ms/msg':>12}{'scorer':>8}{'sink':>7}{'load':>7}{'others':>8}{'dns q':>7}"
+          f"{'loop run/wait/sleep':>21}")
     for r in rounds:
         c, cpu = r["replies"], r["cpu_ms_per_msg"]
         print(f"{r['label']:<12}{r['mode']:<10}{fmt(r['msgs_per_s'])}{fmt(r['latency_ms']['p50'])}"
               f"{fmt(r['latency_ms']['p99'])}{c.get('2xx', 0):>6}{c.get('4xx', 0):>6}{c.get('5xx', 0):>6}"
               f"{c.get('error', 0):>5}{r['sink_delivered']:>6}{cpu['gate']:>12.2f}{cpu['scorer']:>8.2f}"
-              f"{cpu['sink']:>7.2f}{cpu['load']:>7.2f}{r['others_cores']:>8.2f}{r['dns_queries']:>7}")
-    print("(cpu columns: CPU ms per message of each process; others: cores busy with other processes)")
+              f"{cpu['sink']:>7.2f}{cpu['load']:>7.2f}{r['others_cores']:>8.2f}{r['dns_queries']:>7}"
+              f"{'/'.join(f'{v:.2f}' for v in r['gate_loop'].values()):>21}")
+    print("(gate ms/msg .. load: CPU ms per message of each process; others: cores busy with other processes;\n"
+          " loop: share of the round the gate's event loop ran / waited for a core / slept)")
 
 
 def markdown(res: dict) -> str:
@@ -669,10 +695,15 @@ def markdown(res: dict) -> str:
         f"{g['latency_ms_p50']} | {g['latency_ms_p99']} | {codes(g)} |",
         "",
         f"Gate/baseline throughput: **{s['ratio_gate_over_baseline']}** (the gate costs ×{s['gate_costs_x']}); "
-        f"per round pair {', '.join(map(str, s['ratio_per_round_pair']))}. "
-        f"CPU per message through the gate: gate {g['cpu_ms_per_msg_median']['gate']} ms, "
-        f"scorer {g['cpu_ms_per_msg_median']['scorer']} ms (its own time per message p50 "
+        f"per round pair {', '.join(map(str, s['ratio_per_round_pair']))}. CPU of all processes per message: "
+        f"{b['cpu_ms_per_msg_all_median']:.1f} ms direct, {g['cpu_ms_per_msg_all_median']:.1f} ms through the gate "
+        f"(×{s['cpu_per_msg_gate_over_baseline']}, steadier than msgs/s on a shared machine). "
+        f"CPU per message through the gate: gate {g['cpu_ms_per_msg_median']['gate']:.1f} ms, "
+        f"scorer {g['cpu_ms_per_msg_median']['scorer']:.1f} ms (its own time per message p50 "
         f"{g.get('scorer_elapsed_ms_p50_median')} ms, p99 {g.get('scorer_elapsed_ms_p99_median')} ms). "
+        f"The gate's event loop ran {g['gate_loop_median']['on_cpu']:.0%} of the time, waited for a core "
+        f"{g['gate_loop_median']['waiting_for_cpu']:.0%}, slept {g['gate_loop_median']['sleeping']:.0%}; other "
+        f"processes kept {g['others_cores_median']} cores busy. "
         f"Every 250 from the gate reached the sink: {'yes' if g['delivered_matches_250'] else '**no**'} "
         f"({g['replied_250']} × 250, {g['sink_delivered']} delivered).",
     ]
@@ -680,9 +711,10 @@ def markdown(res: dict) -> str:
 
 
 def _interrupt(signum, frame):
-    # As SIGINT: inside asyncio.run its handler cancels the load cleanly; elsewhere it
-    # raises KeyboardInterrupt. Either way the ExitStack in main stops every peer.
-    signal.raise_signal(signal.SIGINT)
+    # As Ctrl-C: inside asyncio.run its SIGINT handler cancels the load cleanly, elsewhere
+    # KeyboardInterrupt. Either way the ExitStack in main stops every peer.
+    handler = signal.getsignal(signal.SIGINT)
+    (handler if callable(handler) else signal.default_int_handler)(signum, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -705,7 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--clients, --messages, --workers and --rounds must be at least 1")
 
     sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
-    # SIGTERM stops the run as Ctrl-C does.
+    # SIGTERM stops the run as Ctrl-C does; a shell that starts us in the background
+    # leaves SIGINT ignored, and a half-stopped bench leaves servers behind.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mailsift-gate-bench-"))
     t_start = time.monotonic()
@@ -743,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "loadavg_at_start": load_start,
                     "loadavg_at_end": os.getloadavg()},
         "parameters": {"clients": a.clients, "messages": a.messages, "workers": a.workers, "rounds": a.rounds,
-                       "warmup": warm, "log_level": a.log_level, "scorer_log_level": a.scorer_log_level, "dnsbl_zone": a.dnsbl_zone, "seed": a.seed,
+                       "warmup": warm, "log_level": a.log_level, "scorer_log_level": a.scorer_log_level,
+                       "dnsbl_zone": a.dnsbl_zone, "seed": a.seed,
                        "model": a.model or "models/default (shipped)", "message_bytes_approx": 2000,
                        "templates": {"ham": len(HAM), "spam": len(SPAM)}},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -766,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     g = s["gate"]
     print(f"gate/baseline throughput {s['ratio_gate_over_baseline']} (the gate costs x{s['gate_costs_x']}), "
           f"per round pair {s['ratio_per_round_pair']}")
+    print(f"CPU ms per message, all processes: baseline {s['baseline']['cpu_ms_per_msg_all_median']}, "
+          f"gate {g['cpu_ms_per_msg_all_median']} (x{s['cpu_per_msg_gate_over_baseline']})")
     print(f"scorer's own time per message: p50 {g.get('scorer_elapsed_ms_p50_median')} ms, "
           f"p99 {g.get('scorer_elapsed_ms_p99_median')} ms ({g.get('scored')} matched)")
     print(f"every 250 from the gate reached the sink: {g['delivered_matches_250']} "

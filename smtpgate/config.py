@@ -16,6 +16,7 @@ The shipped example is ``smtpgate/default.toml``: the README's main command runs
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import json
@@ -165,7 +166,7 @@ class Settings:
     def enabled(self, check: str) -> bool:
         return check not in self.disabled_checks
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """A stable id of these settings: equal settings, equal id, across restarts."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -344,7 +344,8 @@ class Gate:
             return reply
         reply = result.reply()
         if row.action == "quarantine":
-            self.quarantine.store(txn.queue_id, raw, {
+            # fsync'd before the 5xx is sent; in a thread, so other sessions go on meanwhile
+            await asyncio.to_thread(self.quarantine.store, txn.queue_id, raw, {
                 "mail_from": txn.mail_from, "rcpts": txn.rcpts, "client_ip": conn.client_ip,
                 "helo": conn.helo, "classification": result.classification, "reply": reply,
                 "evidence": [result.to_log()] + [r.to_log() for r in outcome.notes],
@@ -545,10 +546,11 @@ class Gate:
     async def data_dmarc(self, conn: Conn, txn: Txn, ctx, out):
         if conn.submission:
             return None
-        dkim = await dkim_mod.verify(self.resolver, ctx.raw)
+        dkim = await dkim_mod.verify(self.resolver, ctx.raw) if ctx.header("DKIM-Signature") else []
         dmarc = None
         if txn.spf is not None:
-            dmarc = await dmarc_mod.evaluate(self.resolver, ctx.raw, txn.spf, dkim, txn.mail_from, conn.helo)
+            dmarc = await dmarc_mod.evaluate(self.resolver, ctx.raw, txn.spf, dkim, txn.mail_from, conn.helo,
+                                             from_fields=ctx.header("From"))
         out.dkim, out.dmarc = dkim, dmarc
         out.auth_results = headers.auth_results(self.cfg.hostname, txn.spf, dkim, dmarc, conn)
         if dmarc is None or not txn.settings.enabled("dmarc"):

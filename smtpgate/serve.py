@@ -12,6 +12,7 @@ Shutdown (SIGTERM/SIGINT): listeners stop accepting, sessions in progress get
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -39,7 +40,11 @@ log = logging.getLogger("mailsift.gate")
 CALL_LIMITS = {"NOOP": 20, "VRFY": 10, "EXPN": 10, "HELP": 10, "RSET": 100, "*": 10_000}
 
 
-def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> subprocess.Popen:
+def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``mailsift scorer serve`` and wait until it serves; returns the process and
+    its workers' own addresses (the client spreads calls over them; the shared port
+    alone would keep one channel on one worker)."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
     ready = cfg.state_dir / "scorer.ready"
     ready.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "classifier.cli", "scorer", "serve",
@@ -58,7 +63,8 @@ def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> subprocess.Popen:
             proc.terminate()
             raise RuntimeError(f"the scorer did not serve within {timeout:.0f} s")
         time.sleep(0.05)
-    return proc
+    workers = [a.strip() for a in ready.read_text().split(",") if a.strip()]
+    return proc, workers or list(cfg.scorer_addresses)
 
 
 class GateServer:
@@ -142,8 +148,11 @@ def serve(cfg: GateConfig, ready_file: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT. Returns 0, or 1 when the gate cannot start (a port in
     use, a certificate that does not load, a scorer that does not come up), with the
     reason logged."""
+    scorer = None
     try:
-        scorer = spawn_scorer(cfg) if cfg.scorer_spawn else None
+        if cfg.scorer_spawn:
+            scorer, workers = spawn_scorer(cfg)
+            cfg = dataclasses.replace(cfg, scorer_addresses=tuple(workers))
     except (RuntimeError, OSError) as exc:
         log.error("cannot start the scorer: %s", exc)
         return 1

@@ -32,11 +32,13 @@ Usage::
 """
 from __future__ import annotations
 
+import ctypes
 import getpass
 import grp
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,6 +52,15 @@ import dns.query
 
 DNSMASQ_PATHS = ("/usr/sbin/dnsmasq", "/usr/bin/dnsmasq")
 RTYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started us dies (Linux
+    prctl PR_SET_PDEATHSIG), so a test run killed mid-way leaves no dnsmasq behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def find_dnsmasq() -> str | None:
@@ -200,7 +211,8 @@ class DnsServer:
                  # Run as whoever we are (dnsmasq started as root otherwise drops to nobody);
                  # no pid file, so no writable /run is needed.
                  f"--user={user}", f"--group={group}", "--pid-file="],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
             self.port = port
             try:
                 self._wait_ready(ready_timeout)

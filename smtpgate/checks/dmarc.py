@@ -85,12 +85,16 @@ def parse_record(text: str) -> DmarcRecord | None:
                        pct=pct if 0 <= pct <= 100 else 100)
 
 
-def from_domain(message: bytes) -> tuple[str | None, str]:
+def from_domain(message: bytes, from_fields: Sequence[bytes] | None = None) -> tuple[str | None, str]:
     """(domain, "") of the single From address, or (None, why) when there is not one.
 
     Section 6.6.1: a message with no From, several From fields or several addresses in
-    it has no single author domain to evaluate.
+    it has no single author domain to evaluate. A caller that has already split the
+    header block (the gate's ``DataContext``) passes the From fields' values, so only
+    they are parsed, not the whole header.
     """
+    if from_fields is not None:
+        message = b"".join(b"From: " + v + b"\r\n" for v in from_fields) + b"\r\n"
     try:
         headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(message)
         fields = headers.get_all("From") or []
@@ -143,13 +147,14 @@ def _sampler(rng: random.Random | Callable[[], float] | None) -> Callable[[], fl
 
 async def evaluate(resolver: BaseResolver, message: bytes, spf: SpfOutcome,
                    dkim: Sequence[DkimResult], mail_from: str, helo: str, *,
-                   rng: random.Random | Callable[[], float] | None = None) -> DmarcOutcome:
+                   rng: random.Random | Callable[[], float] | None = None,
+                   from_fields: Sequence[bytes] | None = None) -> DmarcOutcome:
     """The DMARC outcome of a message (see the module docstring).
 
     ``rng`` draws the pct sample (a ``random.Random`` or a callable giving [0, 1));
     inject one to make sampling deterministic.
     """
-    author, why = from_domain(message)
+    author, why = from_domain(message, from_fields)
     if author is None:
         return DmarcOutcome("permerror", reason=why)
     org = psl.org_domain(author)
