@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate", default=str(ROOT / "bench/out/evaluate"))
     ap.add_argument("--speed", default=str(ROOT / "bench/out/speed.json"))
     ap.add_argument("--grpc", default=str(ROOT / "bench/out/grpc.json"))
+    ap.add_argument("--gate", default=str(ROOT / "bench/out/gate.json"))
     ap.add_argument("--out", default=str(ROOT / "bench/report.md"))
     ap.add_argument("--note", default="", help="a paragraph on how this run differs from a plain bench/run.sh")
     a = ap.parse_args(argv)
@@ -192,6 +193,12 @@ def main(argv=None) -> int:
               row_t(f"latency at half the 2-worker throughput ({la['rate_target']:.0f} msg/s, open loop)",
                     f"p50 {la['latency_ms_p50']:.1f} ms, p99 {la['latency_ms_p99']:.1f} ms", "p99 < 50 ms", la["latency_ms_p99"] < 50),
               ""]
+    gate = load(a.gate)
+    if gate:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from gate_bench import markdown as gate_markdown
+
+        L += ["", gate_markdown(gate).replace("### SMTP gate", "## The SMTP gate", 1), ""]
     L += ["", "Where a target is not met, the closing notes of the issues and",
           "README.md say what was measured and why.", ""]
     pathlib.Path(a.out).write_text("\n".join(L))
