@@ -154,7 +154,17 @@ def _scorer_serve(a) -> int:
     cfg = WorkerConfig(model=a.model, learnlog=str(state / "learnlog.sqlite"), bind=a.bind,
                        max_queue=a.max_queue,
                        max_message_bytes=int(a.max_message_mb * 1024 * 1024),
-                       manifest_sha256=a.manifest_sha256)
+                       manifest_sha256=a.manifest_sha256, reputation=a.reputation,
+                       state_dir=str(state / "reputation"))
+    if a.reputation:   # a bad file stops the start with the key named, like the gate's config
+        from smtpgate.config import ConfigError
+
+        from .reputation.suite import load_config
+        try:
+            load_config(a.reputation)
+        except ConfigError as exc:
+            print(f"mailsift: reputation: {exc}", file=sys.stderr)
+            return 2
     workers = a.workers or os.cpu_count() or 1
     return serve(cfg, workers, a.metrics_port, a.log_level, a.ready_file)
 
@@ -256,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=9150, help="Prometheus metrics port (0: off)")
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--ready-file", help="write the workers' addresses here once started")
+    s.add_argument("--reputation", help="the reputation checks' TOML (Pyzor, URLBL, lists...);"
+                   " default: the checks that need no list, with their defaults")
     s.set_defaults(func=_scorer_serve)
 
     p = sub.add_parser("gate", help="the SMTP gate")

@@ -7,13 +7,18 @@ The verdict rule, with the data it uses coming from the bundle:
 2. A classifier whose own calibrated probability reaches its ``solo_threshold``
    decides alone. Training sets those thresholds where no out-of-fold ham reached
    them.
-3. The message is quarantined when P(spam) >= the recipient's threshold (0.9 by
-   default) or a classifier decides alone. The responsible classification is the
-   most specific classifier that decided alone, in the bundle's ``specificity``
-   order, else ``combined_score``. An accepted message is ``not_spam``.
+3. A reputation check (``classifier/reputation``: Pyzor, near-duplicates, UCEPP,
+   URLBL, phishing, Safe Browsing, patterns, signatures) adds its strength as a
+   feature of the combined score, and decides alone when its finding is conclusive
+   (a Safe Browsing hit, a digest reported often enough, several URL blocklists).
+4. The message is quarantined when P(spam) >= the recipient's threshold (0.9 by
+   default) or a classifier or check decides alone. The responsible classification is
+   the most specific one that decided alone, in the bundle's ``specificity`` order,
+   else ``combined_score``. An accepted message is ``not_spam``.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -22,6 +27,7 @@ from .classifications import get as get_classification
 from .estimators.base import Clue
 from .facts import GateFacts
 from .features import MessageFeatures, as_features
+from .reputation.base import Finding
 
 ACCEPT, QUARANTINE = "accept", "quarantine"
 
@@ -41,6 +47,17 @@ class ClassifierResult:
 
 
 @dataclass(slots=True)
+class ReputationResult:
+    check: str               # pyzor, neardup, ucepp, urlbl, phishing, safebrowsing, ...
+    classification: str      # the contract row it serves
+    strength: float
+    weight: float            # the combiner's weight on it
+    contribution: float      # its pull on the combined log-odds
+    decides_alone: bool
+    evidence: list[str]
+
+
+@dataclass(slots=True)
 class Verdict:
     score: float
     verdict: str             # accept | quarantine
@@ -52,10 +69,12 @@ class Verdict:
     elapsed_ms: float = 0.0
     digest: str = ""
     gaveup: list[str] = field(default_factory=list)
+    reputation: list[ReputationResult] = field(default_factory=list)
+    reply_args: dict[str, str] = field(default_factory=dict)   # {lists}, {list}, {signature}
 
     def reply(self) -> str:
         """The SMTP reply the contract prescribes for this verdict."""
-        return get_classification(self.classification).reply()
+        return get_classification(self.classification).reply(**self.reply_args)
 
     def responsible(self) -> ClassifierResult | None:
         return next((c for c in self.classifiers if c.id == self.classification), None)
@@ -85,6 +104,9 @@ class Verdict:
                 continue
             clues = ", ".join(str(e) for e in c.evidence[:evidence])
             parts.append(f"{c.id}={c.p_spam:.4f}" + (f" [{clues}]" if clues else ""))
+        for r in self.reputation:
+            parts.append(f"{r.check}={r.strength:g}{'!' if r.decides_alone else ''}"
+                         f" [{'; '.join(r.evidence[:evidence])}]")
         if self.facts:
             parts.append("facts=" + ",".join(str(f) for f in self.facts))
         return "  ".join(parts)
@@ -106,11 +128,17 @@ class Scorer:
         return self.bundle.version
 
     def score(self, message, facts: GateFacts | None = None, threshold: float | None = None,
-              evidence: int = 5) -> Verdict:
+              evidence: int = 5, findings: list[Finding] | None = None) -> Verdict:
         t0 = time.perf_counter()
         f: MessageFeatures = as_features(message)
         b = self.bundle
         thr = b.threshold if threshold is None else threshold
+        findings = findings or []
+        if findings:
+            strengths: dict[str, float] = {}
+            for x in findings:
+                strengths[x.check] = max(strengths.get(x.check, 0.0), x.signal.strength)
+            facts = dataclasses.replace(facts or GateFacts(), reputation=strengths)
         combined, per, contrib = b.model.score_detailed(f, facts=facts, evidence=evidence)
         coef = contrib.coef  # the weights the contributions were computed with
         results = []
@@ -122,6 +150,7 @@ class Scorer:
                 reason=s.reason, solo_threshold=solo,
                 decides_alone=bool(solo is not None and not s.abstained and s.p_spam >= solo)))
         alone = {r.id for r in results if r.decides_alone}
+        alone |= {x.signal.classification for x in findings if x.signal.decides}
         responsible = next((n for n in b.specificity if n in alone), None)
         if responsible is None and alone:
             responsible = sorted(alone)[0]
@@ -130,12 +159,18 @@ class Scorer:
             classification = responsible or "combined_score"
         else:
             classification = "not_spam"
+        rep = [ReputationResult(
+            check=x.check, classification=x.signal.classification, strength=x.signal.strength,
+            weight=float(coef.get(x.check, 0.0)), contribution=float(contrib.get(x.check, 0.0)),
+            decides_alone=x.signal.decides, evidence=list(x.signal.evidence)) for x in findings]
+        reply_args = next((dict(x.signal.reply_args) for x in findings
+                           if x.signal.decides and x.signal.classification == classification), {})
         fact_clues = [Clue(n, float(c)) for n, c in contrib.items() if c and n not in per]
         return Verdict(
             score=combined.p_spam, verdict=QUARANTINE if quarantine else ACCEPT,
             classification=classification, threshold=thr, classifiers=results, facts=fact_clues,
             model_version=b.version, elapsed_ms=(time.perf_counter() - t0) * 1000.0,
-            digest=f.digest, gaveup=list(f.gaveup))
+            digest=f.digest, gaveup=list(f.gaveup), reputation=rep, reply_args=reply_args)
 
     def learn(self, message, label, classifiers: list[str] | None = None) -> dict:
         """Learn one message; returns the receipt ``unlearn`` needs to undo it.

@@ -57,6 +57,8 @@ class WorkerConfig:
     manifest_sha256: str | None = None
     worker: int = 0
     poll_seconds: float = 0.2               # how often idle workers pick up others' learns
+    reputation: str | None = None           # the reputation checks' TOML (None: defaults)
+    state_dir: str | None = None            # where their stores live (default: beside the learn log)
 
 
 class Metrics:
@@ -81,6 +83,10 @@ class ScorerService(pb_grpc.ScorerServicer):
         self.metrics = metrics
         self._lock = threading.Lock()          # the model: scoring and learning take turns
         self._log = LearnLog(cfg.learnlog)
+        from .reputation.suite import Reputation, load_config
+
+        self._reputation = Reputation(load_config(cfg.reputation),
+                                      cfg.state_dir or os.path.dirname(os.path.abspath(cfg.learnlog)))
         self._scorer, self._applied, self._receipts = self._load()
         self._reloads = threading.Condition()
         self._generation = 0                   # counts reloads attempted (done or failed)
@@ -160,6 +166,7 @@ class ScorerService(pb_grpc.ScorerServicer):
     def close(self) -> None:
         self._stop.set()
         self._log.close()
+        self._reputation.close()
 
     # ---- RPCs
     async def _begin(self, context, method: str) -> float:
@@ -187,9 +194,10 @@ class ScorerService(pb_grpc.ScorerServicer):
             await self._invalid(context, "Score", f"threshold {request.threshold} is not in (0, 1]")
         facts = wire.facts_from_proto(request.facts, request.envelope.authenticated)
         f = extract(request.message)            # outside the lock: it touches no model state
+        findings, _ = await self._reputation.evaluate(request.message, f, list(request.envelope.rcpt_to))
         with self._lock:
             v = self._scorer.score(f, facts=facts, threshold=request.threshold if request.HasField("threshold") else None,
-                                   evidence=request.evidence or self.cfg.evidence)
+                                   evidence=request.evidence or self.cfg.evidence, findings=findings)
         reply = wire.verdict_to_proto(v, request.request_id)
         reply.elapsed_ms = (time.perf_counter() - t0) * 1000.0  # parsing included
         self._count("Score", "OK", t0)
@@ -238,12 +246,16 @@ class ScorerService(pb_grpc.ScorerServicer):
         digest = message_digest(request.message)
         entry = self._log.record(digest, label, source, request.who or "unknown", names, request.message)
         self.catch_up(upto=entry.id)
+        taught_reputation = None
+        if entry.outcome != NOOP and source in ("release", "report", "trap"):
+            # the stores are shared files: taught once, here, not by every worker's replay
+            taught_reputation = self._reputation.learn(request.message, label)
         self._count("Learn", "OK", t0)
         if self.metrics:
             self.metrics.learns.labels(entry.outcome).inc()
         log_event(log, "learn", worker=self.cfg.worker, audit_id=entry.id, digest=digest, label=label,
                   outcome=entry.outcome, previous_label=entry.previous_label, source=source, who=entry.who,
-                  classifiers=names or "all")
+                  classifiers=names or "all", reputation=taught_reputation)
         taught = names or list(self._scorer.bundle.model.names_)
         return pb.LearnReply(outcome=wire.OUTCOMES[entry.outcome], digest=digest, audit_id=entry.id,
                              classifiers=[wire.enum_of(n) for n in taught])
@@ -254,9 +266,11 @@ class ScorerService(pb_grpc.ScorerServicer):
             await self._invalid(context, "Explain", "message is empty")
         n = request.per_classifier or 10
         f = extract(request.message)
+        findings, _ = await self._reputation.evaluate(request.message, f)
         with self._lock:
             # ask for more clues than needed: the strongest ones may all point one way
-            v = self._scorer.score(f, facts=wire.facts_from_proto(request.facts), evidence=4 * n)
+            v = self._scorer.score(f, facts=wire.facts_from_proto(request.facts), evidence=4 * n,
+                                   findings=findings)
         out = []
         for c in v.classifiers:
             out.append(pb.ClassifierExplanation(
@@ -345,6 +359,7 @@ async def _worker(cfg: WorkerConfig, ready) -> None:
         loop.add_signal_handler(sig, stopping.set)
     await server.start()
     log_event(log, "worker_started", worker=cfg.worker, pid=os.getpid(), ports=ports,
+              reputation=service._reputation.status(),
               model=service._scorer.version, learnlog_applied=service._applied)
     if ready is not None:
         ready.set()

@@ -10,7 +10,7 @@ from .classifications import BY_NUMBER, CLASSIFICATIONS
 from .estimators.base import Clue
 from .facts import GateFacts
 from .proto import scorer_pb2 as pb
-from .scorer import ClassifierResult, Verdict
+from .scorer import ClassifierResult, ReputationResult, Verdict
 
 _VERDICTS = {"accept": pb.VERDICT_ACCEPT, "quarantine": pb.VERDICT_QUARANTINE}
 _VERDICT_NAMES = {v: k for k, v in _VERDICTS.items()}
@@ -60,7 +60,12 @@ def verdict_to_proto(v: Verdict, request_id: str = "") -> pb.ScoreReply:
             contribution=c.contribution, evidence=_clues(c.evidence), abstained=c.abstained,
             reason=c.reason, decided_alone=c.decides_alone) for c in v.classifiers],
         facts=_clues(v.facts), model_version=v.model_version, elapsed_ms=v.elapsed_ms,
-        digest=v.digest, gave_up=v.gaveup, request_id=request_id)
+        digest=v.digest, gave_up=v.gaveup, request_id=request_id,
+        reputation=[pb.ReputationFinding(
+            check=r.check, classification=enum_of(r.classification), strength=r.strength,
+            weight=r.weight, contribution=r.contribution, decided_alone=r.decides_alone,
+            evidence=r.evidence) for r in v.reputation],
+        reply_args=v.reply_args)
 
 
 def verdict_from_proto(r: pb.ScoreReply) -> Verdict:
@@ -72,4 +77,9 @@ def verdict_from_proto(r: pb.ScoreReply) -> Verdict:
             contribution=c.contribution, evidence=[Clue(e.feature, e.weight) for e in c.evidence],
             abstained=c.abstained, reason=c.reason, decides_alone=c.decided_alone) for c in r.classifiers],
         facts=[Clue(e.feature, e.weight) for e in r.facts], model_version=r.model_version,
-        elapsed_ms=r.elapsed_ms, digest=r.digest, gaveup=list(r.gave_up))
+        elapsed_ms=r.elapsed_ms, digest=r.digest, gaveup=list(r.gave_up),
+        reputation=[ReputationResult(
+            check=x.check, classification=id_of(x.classification), strength=x.strength, weight=x.weight,
+            contribution=x.contribution, decides_alone=x.decided_alone, evidence=list(x.evidence))
+            for x in r.reputation],
+        reply_args=dict(r.reply_args))

@@ -39,7 +39,7 @@ def _type_name(t) -> str:
             list: "a list", dict: "a table"}.get(t, str(t))
 
 
-class _Table:
+class Table:
     """A TOML table being read: each key is taken once, leftovers are unknown keys."""
 
     def __init__(self, data: Any, path: str):
@@ -75,8 +75,8 @@ class _Table:
                 raise ConfigError(f"{self.key(k)}[{i}]: must be a string, got {x!r}")
         return tuple(v)
 
-    def sub(self, k: str) -> "_Table":
-        return _Table(self.data.pop(k, {}), self.key(k))
+    def sub(self, k: str) -> "Table":
+        return Table(self.data.pop(k, {}), self.key(k))
 
     def done(self) -> None:
         if self.data:
@@ -175,7 +175,7 @@ class Settings:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _read_settings(t: _Table, base: Settings) -> Settings:
+def _read_settings(t: Table, base: Settings) -> Settings:
     out = {}
     for name, typ, lo, hi in (("threshold", float, 0.0, 1.0),
                               ("max_line_length", int, 78, 10_000_000),
@@ -260,6 +260,7 @@ class GateConfig:
     scorer_spawn: bool = False                # start `mailsift scorer serve` ourselves
     scorer_model: str | None = None
     scorer_workers: int = 1
+    scorer_reputation: str | None = None      # the spawned scorer's reputation checks' TOML
     filtering: Settings = Settings()
     domains: dict[str, Domain] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
@@ -280,7 +281,7 @@ class GateConfig:
 _LISTENER_KINDS = ("inbound", "submission", "submissions")
 
 
-def _zones(t: _Table, key: str) -> tuple[Zone, ...]:
+def _zones(t: Table, key: str) -> tuple[Zone, ...]:
     raw = t.take(key, list, [])
     out = []
     for i, z in enumerate(raw):
@@ -288,7 +289,7 @@ def _zones(t: _Table, key: str) -> tuple[Zone, ...]:
         if isinstance(z, str):
             out.append(Zone(z.strip(".").lower()))
         elif isinstance(z, dict):
-            zt = _Table(z, k)
+            zt = Table(z, k)
             name = zt.take("name", str, required=True).strip(".").lower()
             codes = zt.strings("codes", None)
             for c in codes or ():
@@ -306,7 +307,7 @@ def _zones(t: _Table, key: str) -> tuple[Zone, ...]:
 def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     """Build a GateConfig from parsed TOML; relative paths are taken from ``base_dir``."""
     base_dir = base_dir or Path.cwd()
-    top = _Table(data, "")
+    top = Table(data, "")
 
     def path(v: str | None) -> Path | None:
         return None if v is None else (base_dir / v if not Path(v).is_absolute() else Path(v))
@@ -387,6 +388,8 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     model = s.take("model", str)
     kw["scorer_model"] = str(path(model)) if model else None
     kw["scorer_workers"] = s.take("workers", int, 1, lo=1, hi=256)
+    rep = s.take("reputation", str)
+    kw["scorer_reputation"] = str(path(rep)) if rep else None
     s.done()
 
     filtering = _read_settings(top.sub("filtering"), Settings())
@@ -442,17 +445,21 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     return GateConfig(**kw)
 
 
-def load(path: str | Path, base_dir: Path | None = None) -> GateConfig:
-    """Relative paths in the file are taken from the file's directory, or from
-    ``base_dir`` (the shipped default config's paths are relative to where you run it)."""
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's data; a file that cannot be read or parsed is a ConfigError."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except OSError as exc:
         raise ConfigError(f"{p}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse(data, base_dir or p.parent)
+
+
+def load(path: str | Path, base_dir: Path | None = None) -> GateConfig:
+    """Relative paths in the file are taken from the file's directory, or from
+    ``base_dir`` (the shipped default config's paths are relative to where you run it)."""
+    return parse(read_toml(path), base_dir or Path(path).parent)
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")

@@ -616,9 +616,14 @@ class Gate:
         out.score, out.model_version = v.score, v.model_version
         out.scores = {c.id: round(c.p_spam, 4) for c in v.classifiers if not c.abstained}
         strongest = _strongest_evidence(v)
+        details = {"threshold": v.threshold}
+        if v.reputation:
+            details["reputation"] = [{"check": r.check, "classification": r.classification,
+                                      "strength": r.strength, "decides": r.decides_alone,
+                                      "evidence": r.evidence} for r in v.reputation]
         if v.verdict == "quarantine":
             return CheckResult(v.classification, "scorer", strongest, score=v.score,
-                               details={"threshold": v.threshold})
+                               details=details, reply_args=v.reply_args)
         out.accepted = (CheckResult("dnswl", "scorer", f"{conn.dnswl_result.evidence}; {strongest}",
                                     score=v.score) if conn.dnswl_result is not None
                         else CheckResult("not_spam", "scorer", strongest, score=v.score))
@@ -660,6 +665,9 @@ def _dmarc_fact(d) -> str:
 
 def _strongest_evidence(v) -> str:
     bits = [f"score {v.score:.4f} (threshold {v.threshold})"]
+    for r in v.reputation:
+        if r.decides_alone and r.classification == v.classification:
+            bits.append(f"{r.check}: " + "; ".join(r.evidence[:3]))
     r = v.responsible() if v.verdict == "quarantine" else None
     for c in ([r] if r else v.classifiers)[:3]:
         if c and c.evidence:

@@ -54,6 +54,8 @@ def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> tuple[subprocess.Po
            "--metrics-port", "0"]
     if cfg.scorer_model:
         cmd += ["--model", cfg.scorer_model]
+    if cfg.scorer_reputation:
+        cmd += ["--reputation", cfg.scorer_reputation]
     proc = subprocess.Popen(cmd)
     end = time.monotonic() + timeout
     while not ready.exists():

@@ -73,3 +73,19 @@ def write_corpus(root, n_spam: int = 60, n_ham: int = 90, seed: int = 0):
         lines.append(f"{'spam' if y else 'ham'} {rel}")
     (root / "index").write_text("\n".join(lines) + "\n")
     return root
+
+
+def simple_message(body: str = "hello", *, frm: str = "a@sender.test", to: str = "b@rcpt.test",
+                   subject: str = "hi", headers: dict[str, str] | None = None,
+                   html: str | None = None) -> bytes:
+    """One plain message (text, and an HTML alternative when ``html`` is given)."""
+    m = EmailMessage()
+    m["From"] = frm
+    m["To"] = to
+    m["Subject"] = subject
+    for k, v in (headers or {}).items():
+        m[k] = v
+    m.set_content(body)
+    if html is not None:
+        m.add_alternative(html, subtype="html")
+    return m.as_bytes()

@@ -89,9 +89,11 @@ def load_recipe(path: str | pathlib.Path = DEFAULT_RECIPE) -> Recipe:
         if n not in ids or target not in ids:
             bad(f"combined.tie_weights.{n}", "both sides must be classifier ids of this recipe")
     spec = doc.get("specificity", [])
+    reputation_ids = {"pyzor", "ucepp", "urlbl", "phishing", "safebrowsing", "external_pattern",
+                      "signature_match", "content_spam"}   # what classifier/reputation decides
     for n in spec:
-        if n not in ids:
-            bad("specificity", f"{n!r} is not a classifier id of this recipe")
+        if n not in ids and n not in reputation_ids:
+            bad("specificity", f"{n!r} is neither a classifier id of this recipe nor a reputation check's")
     grid = doc.get("solo_grid", [])
     if any(not (0.5 < g <= 1.0) for g in grid) or grid != sorted(grid):
         bad("solo_grid", "must be increasing probabilities above 0.5")

@@ -325,10 +325,14 @@ class CombinedClassifier(TokenClassifier):
         return scalars, {}
 
     def _set_state(self, scalars, arrays) -> None:
-        if list(scalars["feature_names"]) != self.feature_names():
-            raise ValueError(f"combiner features {scalars['feature_names']} do not match"
-                             f" the configured {self.feature_names()}")
-        self.coef_ = np.asarray(scalars["coef"], dtype=float)
+        stored, now = list(scalars["feature_names"]), self.feature_names()
+        coef = np.asarray(scalars["coef"], dtype=float)
+        if stored != now[:len(stored)]:
+            raise ValueError(f"combiner features {stored} do not match the configured {now}")
+        if len(stored) < len(now):
+            # A bundle made before newer facts existed: they start at their priors.
+            coef = np.concatenate([coef, self._prior_facts()[len(stored) - len(now):]])
+        self.coef_ = coef
         self.intercept_ = float(scalars["intercept"])
         self.scales_ = np.asarray(scalars["scales"], dtype=float)
         self.calibration_ = {n: tuple(v) for n, v in scalars["calibration"].items()}

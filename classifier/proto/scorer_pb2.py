@@ -25,21 +25,23 @@ _sym_db = _symbol_database.Default()
 from . import classification_pb2 as mailsift_dot_v1_dot_classification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mailsift/v1/scorer.proto\x12\x0bmailsift.v1\x1a mailsift/v1/classification.proto\"f\n\x08\x45nvelope\x12\x11\n\tclient_ip\x18\x01 \x01(\t\x12\x0c\n\x04helo\x18\x02 \x01(\t\x12\x11\n\tmail_from\x18\x03 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x04 \x03(\t\x12\x15\n\rauthenticated\x18\x05 \x01(\x08\"v\n\tGateFacts\x12\x0b\n\x03spf\x18\x01 \x01(\t\x12\x0c\n\x04\x64kim\x18\x02 \x01(\t\x12\r\n\x05\x64marc\x18\x03 \x01(\t\x12\r\n\x05\x64nsbl\x18\x04 \x03(\t\x12\r\n\x05\x64nswl\x18\x05 \x03(\t\x12\x14\n\x0chelo_invalid\x18\x06 \x01(\x08\x12\x0b\n\x03ptr\x18\x07 \x01(\t\"\xd0\x01\n\x0cScoreRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\'\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x15.mailsift.v1.Envelope\x12%\n\x05\x66\x61\x63ts\x18\x03 \x01(\x0b\x32\x16.mailsift.v1.GateFacts\x12\x13\n\x0bsettings_id\x18\x04 \x01(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x65vidence\x18\x06 \x01(\r\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x0c\n\n_threshold\"\'\n\x04\x43lue\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xec\x01\n\x0f\x43lassifierScore\x12\x33\n\x0e\x63lassification\x18\x01 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\x0e\n\x06p_spam\x18\x02 \x01(\x01\x12\x0f\n\x07logodds\x18\x03 \x01(\x01\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x01\x12#\n\x08\x65vidence\x18\x06 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\x11\n\tabstained\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rdecided_alone\x18\t \x01(\x08\"\xce\x02\n\nScoreReply\x12\r\n\x05score\x18\x01 \x01(\x01\x12%\n\x07verdict\x18\x02 \x01(\x0e\x32\x14.mailsift.v1.Verdict\x12\x33\n\x0e\x63lassification\x18\x03 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\r\n\x05reply\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x31\n\x0b\x63lassifiers\x18\x06 \x03(\x0b\x32\x1c.mailsift.v1.ClassifierScore\x12 \n\x05\x66\x61\x63ts\x18\x07 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x12\n\nelapsed_ms\x18\t \x01(\x01\x12\x0e\n\x06\x64igest\x18\n \x01(\t\x12\x0f\n\x07gave_up\x18\x0b \x03(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\"\xab\x01\n\x0cLearnRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12!\n\x05label\x18\x02 \x01(\x0e\x32\x12.mailsift.v1.Label\x12(\n\x06source\x18\x03 \x01(\x0e\x32\x18.mailsift.v1.LearnSource\x12\x0b\n\x03who\x18\x04 \x01(\t\x12\x30\n\x0b\x63lassifiers\x18\x05 \x03(\x0e\x32\x1b.mailsift.v1.Classification\"\x8c\x01\n\nLearnReply\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.mailsift.v1.LearnOutcome\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x10\n\x08\x61udit_id\x18\x03 \x01(\x03\x12\x30\n\x0b\x63lassifiers\x18\x04 \x03(\x0e\x32\x1b.mailsift.v1.Classification\"`\n\x0e\x45xplainRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12%\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x16.mailsift.v1.GateFacts\x12\x16\n\x0eper_classifier\x18\x03 \x01(\r\"\xc8\x01\n\x15\x43lassifierExplanation\x12\x33\n\x0e\x63lassification\x18\x01 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\x0e\n\x06p_spam\x18\x02 \x01(\x01\x12#\n\x08\x66or_spam\x18\x03 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\"\n\x07\x66or_ham\x18\x04 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\x11\n\tabstained\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"}\n\x0c\x45xplainReply\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x37\n\x0b\x63lassifiers\x18\x02 \x03(\x0b\x32\".mailsift.v1.ClassifierExplanation\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x0f\n\rReloadRequest\"5\n\x0bReloadReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08*N\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x16\n\x12VERDICT_QUARANTINE\x10\x02*=\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\x0e\n\nLABEL_SPAM\x10\x01\x12\r\n\tLABEL_HAM\x10\x02*\x90\x01\n\x0bLearnSource\x12\x1c\n\x18LEARN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14LEARN_SOURCE_RELEASE\x10\x01\x12\x17\n\x13LEARN_SOURCE_REPORT\x10\x02\x12\x19\n\x15LEARN_SOURCE_TRAINING\x10\x03\x12\x15\n\x11LEARN_SOURCE_TRAP\x10\x04*}\n\x0cLearnOutcome\x12\x1d\n\x19LEARN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15LEARN_OUTCOME_LEARNED\x10\x01\x12\x16\n\x12LEARN_OUTCOME_NOOP\x10\x02\x12\x1b\n\x17LEARN_OUTCOME_RELEARNED\x10\x03\x32\xcc\x02\n\x06Scorer\x12;\n\x05Score\x12\x19.mailsift.v1.ScoreRequest\x1a\x17.mailsift.v1.ScoreReply\x12\x45\n\x0bScoreStream\x12\x19.mailsift.v1.ScoreRequest\x1a\x17.mailsift.v1.ScoreReply(\x01\x30\x01\x12;\n\x05Learn\x12\x19.mailsift.v1.LearnRequest\x1a\x17.mailsift.v1.LearnReply\x12\x41\n\x07\x45xplain\x12\x1b.mailsift.v1.ExplainRequest\x1a\x19.mailsift.v1.ExplainReply\x12>\n\x06Reload\x12\x1a.mailsift.v1.ReloadRequest\x1a\x18.mailsift.v1.ReloadReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mailsift/v1/scorer.proto\x12\x0bmailsift.v1\x1a mailsift/v1/classification.proto\"f\n\x08\x45nvelope\x12\x11\n\tclient_ip\x18\x01 \x01(\t\x12\x0c\n\x04helo\x18\x02 \x01(\t\x12\x11\n\tmail_from\x18\x03 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x04 \x03(\t\x12\x15\n\rauthenticated\x18\x05 \x01(\x08\"v\n\tGateFacts\x12\x0b\n\x03spf\x18\x01 \x01(\t\x12\x0c\n\x04\x64kim\x18\x02 \x01(\t\x12\r\n\x05\x64marc\x18\x03 \x01(\t\x12\r\n\x05\x64nsbl\x18\x04 \x03(\t\x12\r\n\x05\x64nswl\x18\x05 \x03(\t\x12\x14\n\x0chelo_invalid\x18\x06 \x01(\x08\x12\x0b\n\x03ptr\x18\x07 \x01(\t\"\xd0\x01\n\x0cScoreRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\'\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x15.mailsift.v1.Envelope\x12%\n\x05\x66\x61\x63ts\x18\x03 \x01(\x0b\x32\x16.mailsift.v1.GateFacts\x12\x13\n\x0bsettings_id\x18\x04 \x01(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x65vidence\x18\x06 \x01(\r\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x0c\n\n_threshold\"\'\n\x04\x43lue\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xec\x01\n\x0f\x43lassifierScore\x12\x33\n\x0e\x63lassification\x18\x01 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\x0e\n\x06p_spam\x18\x02 \x01(\x01\x12\x0f\n\x07logodds\x18\x03 \x01(\x01\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x01\x12#\n\x08\x65vidence\x18\x06 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\x11\n\tabstained\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rdecided_alone\x18\t \x01(\x08\"\xf0\x03\n\nScoreReply\x12\r\n\x05score\x18\x01 \x01(\x01\x12%\n\x07verdict\x18\x02 \x01(\x0e\x32\x14.mailsift.v1.Verdict\x12\x33\n\x0e\x63lassification\x18\x03 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\r\n\x05reply\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x31\n\x0b\x63lassifiers\x18\x06 \x03(\x0b\x32\x1c.mailsift.v1.ClassifierScore\x12 \n\x05\x66\x61\x63ts\x18\x07 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x12\n\nelapsed_ms\x18\t \x01(\x01\x12\x0e\n\x06\x64igest\x18\n \x01(\t\x12\x0f\n\x07gave_up\x18\x0b \x03(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x32\n\nreputation\x18\r \x03(\x0b\x32\x1e.mailsift.v1.ReputationFinding\x12:\n\nreply_args\x18\x0e \x03(\x0b\x32&.mailsift.v1.ScoreReply.ReplyArgsEntry\x1a\x30\n\x0eReplyArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x01\n\x11ReputationFinding\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x02 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\x10\n\x08strength\x18\x03 \x01(\x01\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x01\x12\x15\n\rdecided_alone\x18\x06 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x07 \x03(\t\"\xab\x01\n\x0cLearnRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12!\n\x05label\x18\x02 \x01(\x0e\x32\x12.mailsift.v1.Label\x12(\n\x06source\x18\x03 \x01(\x0e\x32\x18.mailsift.v1.LearnSource\x12\x0b\n\x03who\x18\x04 \x01(\t\x12\x30\n\x0b\x63lassifiers\x18\x05 \x03(\x0e\x32\x1b.mailsift.v1.Classification\"\x8c\x01\n\nLearnReply\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.mailsift.v1.LearnOutcome\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x10\n\x08\x61udit_id\x18\x03 \x01(\x03\x12\x30\n\x0b\x63lassifiers\x18\x04 \x03(\x0e\x32\x1b.mailsift.v1.Classification\"`\n\x0e\x45xplainRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12%\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x16.mailsift.v1.GateFacts\x12\x16\n\x0eper_classifier\x18\x03 \x01(\r\"\xc8\x01\n\x15\x43lassifierExplanation\x12\x33\n\x0e\x63lassification\x18\x01 \x01(\x0e\x32\x1b.mailsift.v1.Classification\x12\x0e\n\x06p_spam\x18\x02 \x01(\x01\x12#\n\x08\x66or_spam\x18\x03 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\"\n\x07\x66or_ham\x18\x04 \x03(\x0b\x32\x11.mailsift.v1.Clue\x12\x11\n\tabstained\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"}\n\x0c\x45xplainReply\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x37\n\x0b\x63lassifiers\x18\x02 \x03(\x0b\x32\".mailsift.v1.ClassifierExplanation\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x0f\n\rReloadRequest\"5\n\x0bReloadReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08*N\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x16\n\x12VERDICT_QUARANTINE\x10\x02*=\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\x0e\n\nLABEL_SPAM\x10\x01\x12\r\n\tLABEL_HAM\x10\x02*\x90\x01\n\x0bLearnSource\x12\x1c\n\x18LEARN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14LEARN_SOURCE_RELEASE\x10\x01\x12\x17\n\x13LEARN_SOURCE_REPORT\x10\x02\x12\x19\n\x15LEARN_SOURCE_TRAINING\x10\x03\x12\x15\n\x11LEARN_SOURCE_TRAP\x10\x04*}\n\x0cLearnOutcome\x12\x1d\n\x19LEARN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15LEARN_OUTCOME_LEARNED\x10\x01\x12\x16\n\x12LEARN_OUTCOME_NOOP\x10\x02\x12\x1b\n\x17LEARN_OUTCOME_RELEARNED\x10\x03\x32\xcc\x02\n\x06Scorer\x12;\n\x05Score\x12\x19.mailsift.v1.ScoreRequest\x1a\x17.mailsift.v1.ScoreReply\x12\x45\n\x0bScoreStream\x12\x19.mailsift.v1.ScoreRequest\x1a\x17.mailsift.v1.ScoreReply(\x01\x30\x01\x12;\n\x05Learn\x12\x19.mailsift.v1.LearnRequest\x1a\x17.mailsift.v1.LearnReply\x12\x41\n\x07\x45xplain\x12\x1b.mailsift.v1.ExplainRequest\x1a\x19.mailsift.v1.ExplainReply\x12>\n\x06Reload\x12\x1a.mailsift.v1.ReloadRequest\x1a\x18.mailsift.v1.ReloadReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mailsift.v1.scorer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=1944
-  _globals['_VERDICT']._serialized_end=2022
-  _globals['_LABEL']._serialized_start=2024
-  _globals['_LABEL']._serialized_end=2085
-  _globals['_LEARNSOURCE']._serialized_start=2088
-  _globals['_LEARNSOURCE']._serialized_end=2232
-  _globals['_LEARNOUTCOME']._serialized_start=2234
-  _globals['_LEARNOUTCOME']._serialized_end=2359
+  _globals['_SCOREREPLY_REPLYARGSENTRY']._loaded_options = None
+  _globals['_SCOREREPLY_REPLYARGSENTRY']._serialized_options = b'8\001'
+  _globals['_VERDICT']._serialized_start=2293
+  _globals['_VERDICT']._serialized_end=2371
+  _globals['_LABEL']._serialized_start=2373
+  _globals['_LABEL']._serialized_end=2434
+  _globals['_LEARNSOURCE']._serialized_start=2437
+  _globals['_LEARNSOURCE']._serialized_end=2581
+  _globals['_LEARNOUTCOME']._serialized_start=2583
+  _globals['_LEARNOUTCOME']._serialized_end=2708
   _globals['_ENVELOPE']._serialized_start=75
   _globals['_ENVELOPE']._serialized_end=177
   _globals['_GATEFACTS']._serialized_start=179
@@ -51,21 +53,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFIERSCORE']._serialized_start=552
   _globals['_CLASSIFIERSCORE']._serialized_end=788
   _globals['_SCOREREPLY']._serialized_start=791
-  _globals['_SCOREREPLY']._serialized_end=1125
-  _globals['_LEARNREQUEST']._serialized_start=1128
-  _globals['_LEARNREQUEST']._serialized_end=1299
-  _globals['_LEARNREPLY']._serialized_start=1302
-  _globals['_LEARNREPLY']._serialized_end=1442
-  _globals['_EXPLAINREQUEST']._serialized_start=1444
-  _globals['_EXPLAINREQUEST']._serialized_end=1540
-  _globals['_CLASSIFIEREXPLANATION']._serialized_start=1543
-  _globals['_CLASSIFIEREXPLANATION']._serialized_end=1743
-  _globals['_EXPLAINREPLY']._serialized_start=1745
-  _globals['_EXPLAINREPLY']._serialized_end=1870
-  _globals['_RELOADREQUEST']._serialized_start=1872
-  _globals['_RELOADREQUEST']._serialized_end=1887
-  _globals['_RELOADREPLY']._serialized_start=1889
-  _globals['_RELOADREPLY']._serialized_end=1942
-  _globals['_SCORER']._serialized_start=2362
-  _globals['_SCORER']._serialized_end=2694
+  _globals['_SCOREREPLY']._serialized_end=1287
+  _globals['_SCOREREPLY_REPLYARGSENTRY']._serialized_start=1239
+  _globals['_SCOREREPLY_REPLYARGSENTRY']._serialized_end=1287
+  _globals['_REPUTATIONFINDING']._serialized_start=1290
+  _globals['_REPUTATIONFINDING']._serialized_end=1474
+  _globals['_LEARNREQUEST']._serialized_start=1477
+  _globals['_LEARNREQUEST']._serialized_end=1648
+  _globals['_LEARNREPLY']._serialized_start=1651
+  _globals['_LEARNREPLY']._serialized_end=1791
+  _globals['_EXPLAINREQUEST']._serialized_start=1793
+  _globals['_EXPLAINREQUEST']._serialized_end=1889
+  _globals['_CLASSIFIEREXPLANATION']._serialized_start=1892
+  _globals['_CLASSIFIEREXPLANATION']._serialized_end=2092
+  _globals['_EXPLAINREPLY']._serialized_start=2094
+  _globals['_EXPLAINREPLY']._serialized_end=2219
+  _globals['_RELOADREQUEST']._serialized_start=2221
+  _globals['_RELOADREQUEST']._serialized_end=2236
+  _globals['_RELOADREPLY']._serialized_start=2238
+  _globals['_RELOADREPLY']._serialized_end=2291
+  _globals['_SCORER']._serialized_start=2711
+  _globals['_SCORER']._serialized_end=3043
 # @@protoc_insertion_point(module_scope)

@@ -131,7 +131,14 @@ class ClassifierScore(_message.Message):
     def __init__(self, classification: _Optional[_Union[_classification_pb2.Classification, str]] = ..., p_spam: _Optional[float] = ..., logodds: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ..., evidence: _Optional[_Iterable[_Union[Clue, _Mapping]]] = ..., abstained: _Optional[bool] = ..., reason: _Optional[str] = ..., decided_alone: _Optional[bool] = ...) -> None: ...
 
 class ScoreReply(_message.Message):
-    __slots__ = ("score", "verdict", "classification", "reply", "threshold", "classifiers", "facts", "model_version", "elapsed_ms", "digest", "gave_up", "request_id")
+    __slots__ = ("score", "verdict", "classification", "reply", "threshold", "classifiers", "facts", "model_version", "elapsed_ms", "digest", "gave_up", "request_id", "reputation", "reply_args")
+    class ReplyArgsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SCORE_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +151,8 @@ class ScoreReply(_message.Message):
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     GAVE_UP_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    REPLY_ARGS_FIELD_NUMBER: _ClassVar[int]
     score: float
     verdict: Verdict
     classification: _classification_pb2.Classification
@@ -156,7 +165,27 @@ class ScoreReply(_message.Message):
     digest: str
     gave_up: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., classification: _Optional[_Union[_classification_pb2.Classification, str]] = ..., reply: _Optional[str] = ..., threshold: _Optional[float] = ..., classifiers: _Optional[_Iterable[_Union[ClassifierScore, _Mapping]]] = ..., facts: _Optional[_Iterable[_Union[Clue, _Mapping]]] = ..., model_version: _Optional[str] = ..., elapsed_ms: _Optional[float] = ..., digest: _Optional[str] = ..., gave_up: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    reputation: _containers.RepeatedCompositeFieldContainer[ReputationFinding]
+    reply_args: _containers.ScalarMap[str, str]
+    def __init__(self, score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., classification: _Optional[_Union[_classification_pb2.Classification, str]] = ..., reply: _Optional[str] = ..., threshold: _Optional[float] = ..., classifiers: _Optional[_Iterable[_Union[ClassifierScore, _Mapping]]] = ..., facts: _Optional[_Iterable[_Union[Clue, _Mapping]]] = ..., model_version: _Optional[str] = ..., elapsed_ms: _Optional[float] = ..., digest: _Optional[str] = ..., gave_up: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., reputation: _Optional[_Iterable[_Union[ReputationFinding, _Mapping]]] = ..., reply_args: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ReputationFinding(_message.Message):
+    __slots__ = ("check", "classification", "strength", "weight", "contribution", "decided_alone", "evidence")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_ALONE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    check: str
+    classification: _classification_pb2.Classification
+    strength: float
+    weight: float
+    contribution: float
+    decided_alone: bool
+    evidence: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, check: _Optional[str] = ..., classification: _Optional[_Union[_classification_pb2.Classification, str]] = ..., strength: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ..., decided_alone: _Optional[bool] = ..., evidence: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LearnRequest(_message.Message):
     __slots__ = ("message", "label", "source", "who", "classifiers")

@@ -29,6 +29,14 @@ class Signal:
     reply_args: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A signal with the check that found it (``neardup`` serves ``content_spam``, so the
+    classification alone does not say which check spoke)."""
+    check: str                      # one of classifier.facts.REPUTATION_FEATURES
+    signal: Signal
+
+
 class Disabled(Exception):
     """Raised at load time by a check that cannot run; the reason is kept and logged."""
 
