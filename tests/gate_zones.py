@@ -27,6 +27,10 @@ Client addresses
 ``BLOCKLISTS`` = bl1.test (with Spamhaus-style codes 127.0.0.2-11) and bl2.test (any
 127/8 answer); ``ALLOWLISTS`` = wl.test; ``SLOW_BLOCKLIST`` = bl.slow.test (times out).
 
+URL blocklists (the scorer's urlbl check): ``URL_BLOCKLISTS`` = uribl-a.test and
+uribl-b.test. ``spam-link.test`` is listed on both (127.0.0.2), ``grey-link.test`` on
+uribl-a.test only; nothing else is listed.
+
 Sender domains (MAIL FROM) and their SPF
 ========================================
 Unless said otherwise a domain has ``MX 10 mx.good.test`` (A 192.0.2.25), so it passes
@@ -105,6 +109,7 @@ IPV6_LISTED = "2001:db8::2"
 # Spamhaus ZEN-style listing codes: 127.0.0.2 to 127.0.0.11.
 LISTING_CODES = frozenset(f"127.0.0.{n}" for n in range(2, 12))
 BLOCKLISTS = (Zone("bl1.test", codes=LISTING_CODES), Zone("bl2.test"))
+URL_BLOCKLISTS = ("uribl-a.test", "uribl-b.test")
 ALLOWLISTS = (Zone("wl.test"),)
 SLOW_BLOCKLIST = Zone("bl.slow.test")
 
@@ -192,6 +197,11 @@ def records(dkim_public_key: str) -> dict[str, dict[str, list]]:
     mail_domain("mail.dmarc-reject.test")
     mail_domain("mail.dmarc-strict.test")
     mail_domain("mail.sub.orgdomain.test")
+
+    # URL blocklists
+    for zone in URL_BLOCKLISTS:
+        add(f"spam-link.test.{zone}", "A", "127.0.0.2")
+    add("grey-link.test.uribl-a.test", "A", "127.0.0.2")
 
     # DNSBL / DNSWL
     for name, entry in (

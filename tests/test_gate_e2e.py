@@ -61,11 +61,15 @@ addresses = ["127.0.0.1:{scorer_port}"]
 spawn = true
 model = "{fitted_bundle}"
 deadline = 20
+reputation = "reputation.toml"
 
 [domains."example.test"]
 route = "127.0.0.1:{sink.port}"
 """
     (d / "gate.toml").write_text(cfg)
+    (d / "reputation.toml").write_text(
+        f'[resolver]\nnameservers = ["127.0.0.1"]\nport = {dns_server.port}\ntimeout = 0.5\n'
+        f'[urlbl]\nzones = ["{z.URL_BLOCKLISTS[0]}", "{z.URL_BLOCKLISTS[1]}"]\n')
     ready = d / "gate.ready"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen([sys.executable, "-m", "classifier.cli", "gate", "serve", "--config",
@@ -119,6 +123,17 @@ def test_ham_is_relayed_with_the_verdict_in_its_headers(running):
     delivered = running["sink"].messages[0]["data"]
     assert b"X-Mailsift-Classification: not_spam" in delivered
     assert re.search(rb"X-Mailsift-Score: 0\.\d{4}; threshold=0.9; model=test-1", delivered)
+
+
+def test_a_url_on_two_blocklists_gets_the_urlbl_reply_naming_them(running):
+    # the ham the model is sure of, with one listed link added: the scorer's urlbl check
+    raw = running["ham"].replace(b"\r\n\r\n", b"\r\n\r\nDetails: http://spam-link.test/offer\r\n", 1)
+    code, text = _send(running["port"], raw)
+    assert (code, text) == (550, "5.7.1 Message contains a URL listed on URL blacklists"
+                                 " (uribl-a.test, uribl-b.test)")
+    d = [json.loads(x) for x in (running["state"] / "decisions.jsonl").read_text().splitlines()][-1]
+    assert d["classification"] == "urlbl" and "uribl-a.test" in d["evidence"][0]["evidence"]
+    assert d["evidence"][0]["details"]["reputation"][0]["check"] == "urlbl"
 
 
 def test_swaks_smoke(running):

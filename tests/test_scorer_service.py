@@ -962,3 +962,28 @@ def test_serve_with_an_unloadable_bundle_exits_with_an_error(tmp_path):
         assert not srv.ready_file.exists()
     finally:
         srv.stop()
+
+
+def test_report_and_release_change_the_verdict_on_a_near_copy(server):
+    """Learn(report) teaches the reputation stores once, whichever worker answers; a near
+    copy of the reported message is then quarantined by the near-duplicate check on
+    every worker; Learn(release) of that copy makes the index forget it."""
+    text = ("Minutes of the allotment society: the water trough by plot twelve leaks again, the "
+            "shed key now hangs in the usual place, seed potatoes arrive on Thursday and the "
+            "autumn show will have a new category for the heaviest marrow grown this year. "
+            "Volunteers for the hedge cutting rota please write your names on the board.")
+    reported = mailgen.simple_message(text, subject="Allotment minutes")
+    near = mailgen.simple_message(text.replace("Thursday", "Friday"), subject="Allotment minutes (2)")
+    before = [server.stub(a).Score(pb.ScoreRequest(message=near), timeout=10) for a in server.addresses]
+    assert all(not any(f.decided_alone for f in r.reputation) for r in before)
+    server.stub(server.addresses[0]).Learn(pb.LearnRequest(
+        message=reported, label=pb.LABEL_SPAM, source=pb.LEARN_SOURCE_REPORT, who="admin"), timeout=10)
+    for addr in server.addresses:
+        r = server.stub(addr).Score(pb.ScoreRequest(message=near), timeout=10)
+        near_dup = [f for f in r.reputation if f.check == "neardup"]
+        assert r.verdict == pb.VERDICT_QUARANTINE and near_dup and near_dup[0].decided_alone, addr
+        assert r.reply == "550 5.7.1 The content of this message looked like spam"
+    server.stub(server.addresses[1]).Learn(pb.LearnRequest(
+        message=near, label=pb.LABEL_HAM, source=pb.LEARN_SOURCE_RELEASE, who="admin"), timeout=10)
+    r = server.stub(server.addresses[0]).Score(pb.ScoreRequest(message=near), timeout=10)
+    assert not any(f.check == "neardup" and f.decided_alone for f in r.reputation)

@@ -1,0 +1,138 @@
+"""The reputation checks through the scorer: configured from one file, each decides with
+its own classification and reply text, feedback teaches the stores, a check that
+cannot load is disabled with its reason and the scorer goes on; URLBL against the real
+DNS server; release/report end to end through the gRPC service."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+import gate_zones as z
+from classifier.classifications import get
+from classifier.features import extract
+from classifier.reputation.suite import Reputation, load_config
+from classifier.scorer import Scorer
+from mailgen import simple_message
+from smtpgate.config import ConfigError
+
+DATA = __import__("pathlib").Path(__file__).with_name("data")
+
+NEWSLETTER = ("Dear reader, this week in the garden club we planted tulips along the north fence, "
+              "repaired the old greenhouse door, discussed the compost rota for the spring, and "
+              "agreed that the annual plant swap will be held in the village hall on the second "
+              "Saturday of May. Bring labelled cuttings and seedlings, and a dish for the shared "
+              "lunch if you can. Minutes of the meeting and the treasurer's report follow below.")
+
+
+@pytest.fixture(scope="module")
+def scorer(fitted_bundle):
+    return Scorer.load(fitted_bundle)
+
+
+def score(scorer, rep, raw, recipients=("user@home.test",)):
+    f = extract(raw)
+    findings, _ = asyncio.run(rep.evaluate(raw, f, list(recipients)))
+    return scorer.score(f, findings=findings)
+
+
+def test_defaults_need_no_lists_and_say_which_checks_are_off(tmp_path):
+    rep = Reputation(load_config(None), tmp_path)
+    status = rep.status()
+    assert {c for c, s in status.items() if s == "enabled"} == {"pyzor", "neardup", "ucepp", "phishing"}
+    assert status["urlbl"].startswith("disabled: not configured")
+
+
+def test_a_bad_key_is_named(tmp_path):
+    (tmp_path / "r.toml").write_text("[urlbl]\nzone = ['x']\n")
+    with pytest.raises(ConfigError, match=r"urlbl\.zone: unknown key"):
+        load_config(tmp_path / "r.toml")
+
+
+def test_a_list_that_fails_to_load_disables_its_check_only(tmp_path, scorer):
+    (tmp_path / "sb.txt").write_text("this is not a hash list\n")
+    (tmp_path / "r.toml").write_text('[safebrowsing]\nfile = "sb.txt"\n[external_pattern]\nfiles = ["missing.toml"]\n')
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    assert rep.status()["safebrowsing"].startswith("disabled: ")
+    assert rep.status()["pyzor"] == "enabled"
+    v = score(scorer, rep, simple_message("see http://evil.test/login"))
+    assert v.classification in ("not_spam", "combined_score", "crm114", "global_tokens", "content_spam")
+
+
+@pytest.fixture
+def listed(tmp_path):
+    """A reputation config with a Safe Browsing list, a pattern list and signatures."""
+    shutil.copy(DATA / "safebrowsing.example.txt", tmp_path / "sb.txt")
+    with open(tmp_path / "sb.txt", "a") as fh:
+        fh.write("expr:malware-host.test/ MALWARE\n")
+    (tmp_path / "patterns.toml").write_text(
+        'list = "acme-layout"\n[[pattern]]\nname = "acme-invoice"\ntarget = "body"\n'
+        'regex = "ACME-INVOICE-[0-9]{6}"\n')
+    (tmp_path / "sigs.ndb").write_text("Mailsift.Test.Sig-1:0:*:4d41494c534946542d544553542d5349474e4154555245\n")
+    (tmp_path / "r.toml").write_text('[safebrowsing]\nfile = "sb.txt"\n'
+                                     '[external_pattern]\nfiles = ["patterns.toml"]\n'
+                                     '[signature_match]\nfiles = ["sigs.ndb"]\n')
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    assert all(rep.status()[c] == "enabled" for c in ("safebrowsing", "external_pattern", "signature_match"))
+    return rep
+
+
+@pytest.mark.parametrize("body,cid,reply", [
+    ("Download the update from http://malware-host.test/setup.exe today.", "safebrowsing",
+     "550 5.7.1 Message contains a URL listed by safebrowsing"),
+    ("Your statement ACME-INVOICE-123456 is attached.", "external_pattern",
+     "550 5.7.1 Message matches a known spam pattern (acme-layout)"),
+    ("payload MAILSIFT-TEST-SIGNATURE here", "signature_match",
+     "550 5.7.1 Message matched signature Mailsift.Test.Sig-1"),
+])
+def test_list_checks_decide_with_their_own_reply(scorer, listed, body, cid, reply):
+    v = score(scorer, listed, simple_message(body))
+    assert (v.verdict, v.classification, v.reply()) == ("quarantine", cid, reply)
+    found = [r for r in v.reputation if r.classification == cid]
+    assert found and found[0].decides_alone and found[0].evidence
+
+
+def test_report_then_release_teaches_the_stores(tmp_path, scorer):
+    rep = Reputation(load_config(None), tmp_path)
+    campaign = simple_message(NEWSLETTER + " Order now at +1 800 555 0199.", subject="Garden club news")
+    variant = simple_message(NEWSLETTER.replace("tulips", "daffodils") + " Order now at +1 800 555 0199.",
+                             subject="Garden club news!")
+    before = score(scorer, rep, variant)
+    assert not any(r.decides_alone for r in before.reputation)
+    done = rep.learn(campaign, "spam")
+    assert done["neardup"] == "added" and done["pyzor"].startswith("reported")
+    after = score(scorer, rep, variant)
+    near = [r for r in after.reputation if r.check == "neardup"]
+    assert near and near[0].decides_alone and "similar" in near[0].evidence[0]
+    assert after.verdict == "quarantine" and after.classification == "content_spam"
+    assert after.reply() == get("content_spam").reply()
+    # the admin releases it: a mistake, the index forgets it
+    rep.learn(variant, "ham")
+    again = score(scorer, rep, variant)
+    assert not any(r.check == "neardup" and r.decides_alone for r in again.reputation)
+
+
+def test_pyzor_decides_once_reported_often_enough(tmp_path, scorer):
+    rep = Reputation(load_config(None), tmp_path)
+    msg = simple_message(NEWSLETTER, subject="club")
+    for _ in range(5):
+        rep.learn(msg, "spam")
+    v = score(scorer, rep, msg)
+    assert v.classification == "pyzor"      # before content_spam in the specificity order
+    assert v.reply() == get("pyzor").reply()
+    pz = next(r for r in v.reputation if r.check == "pyzor")
+    assert pz.decides_alone and "5" in pz.evidence[0]
+
+
+def test_urlbl_against_the_real_dns_server(tmp_path, scorer, dns_server):
+    (tmp_path / "r.toml").write_text(
+        f'[resolver]\nnameservers = ["127.0.0.1"]\nport = {dns_server.port}\ntimeout = 0.5\n'
+        f'[urlbl]\nzones = {list(z.URL_BLOCKLISTS)!r}\nmin_lists = 2\n'.replace("'", '"'))
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    v = score(scorer, rep, simple_message("Cheap watches at http://spam-link.test/buy now"))
+    assert (v.classification, v.reply()) == (
+        "urlbl", "550 5.7.1 Message contains a URL listed on URL blacklists (uribl-a.test, uribl-b.test)")
+    once = score(scorer, rep, simple_message("See http://grey-link.test/page"))
+    u = next(r for r in once.reputation if r.check == "urlbl")
+    assert u.strength == 1 and not u.decides_alone and u.weight > 0 and u.contribution > 0
