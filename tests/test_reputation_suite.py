@@ -136,3 +136,8 @@ def test_urlbl_against_the_real_dns_server(tmp_path, scorer, dns_server):
     once = score(scorer, rep, simple_message("See http://grey-link.test/page"))
     u = next(r for r in once.reputation if r.check == "urlbl")
     assert u.strength == 1 and not u.decides_alone and u.weight > 0 and u.contribution > 0
+
+
+def test_the_documented_example_config_loads_every_check(tmp_path):
+    rep = Reputation(load_config(DATA / "reputation.example.toml"), tmp_path)
+    assert set(rep.status().values()) == {"enabled"}, rep.status()

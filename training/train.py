@@ -118,7 +118,7 @@ def model_card(bundle: ModelBundle, recipe, corpus_desc: dict, command: str, eva
                      f" | {coef[c['id']]:.3f} | {solo if solo is not None else 'never alone'} |")
     lines += [
         "",
-        "Gate facts enter with prior weights (not fitted; the corpus has none):",
+        "Gate facts and reputation findings enter with prior weights (not fitted; the corpus has none of them):",
         "",
         ", ".join(f"`{k}` {v:+g}" for k, v in (recipe.combined.get("fact_weights") or {}).items()),
         "",
