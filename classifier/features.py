@@ -99,6 +99,7 @@ class MessageFeatures:
     link_pairs: list[tuple[str, str]] = field(default_factory=list)  # (visible text, target)
     forms: int = 0
     password_inputs: int = 0
+    form_actions: list[str] = field(default_factory=list)          # where HTML forms post
     facts: object = None            # GateFacts set by the scorer; None outside the gate
     _unique: list[str] | None = None
 
@@ -837,6 +838,8 @@ def _html_tokens(facts, feats: MessageFeatures, out: list[str]) -> None:
             out.append("url:javascript")
             continue
         feats.urls.append(url)
+        if link.kind == "form":
+            feats.form_actions.append(url)
         if link.kind != "a":
             out.append(f"url:in:{link.kind}")
         if link.text:

@@ -1,8 +1,6 @@
 """phishing: each indicator, their sum and threshold, and ham-like mail left alone."""
 from __future__ import annotations
 
-import dataclasses
-import types
 from email.message import EmailMessage
 
 import pytest
@@ -37,6 +35,9 @@ def check(feats, **kw):
 
 PASSWORD_FORM = ('<form action="https://collect.test/post"><input name="user">'
                  '<input type="password" name="pw"></form>')
+# The same form with no target of its own (it posts back to the page it is on).
+PASSWORD_FORM_NO_ACTION = '<form><input name="user"><input type="password" name="pw"></form>'
+
 
 
 # -- link text shows one domain, the link goes to another --------------------------------
@@ -93,20 +94,20 @@ def test_an_ip_address_target_is_a_mismatch():
 # -- credential forms ------------------------------------------------------------------------
 
 def test_password_input_in_the_message():
-    signal = check(message(html=PASSWORD_FORM))
+    signal = check(message(html=PASSWORD_FORM_NO_ACTION))
     assert (signal.strength, signal.decides) == (DEFAULT_WEIGHTS["credential_form"], False)
     assert signal.evidence == ("password input in the message (1)",)
 
 
 def test_password_form_posting_off_the_sender_domain():
-    # The parser does not keep form targets yet; the check uses them when it does.
+    # the parser keeps each form's target (MessageFeatures.form_actions)
     feats = message(html=PASSWORD_FORM, from_="Bank <alerts@examplebank.com>")
-    fields = {f.name: getattr(feats, f.name) for f in dataclasses.fields(feats)}
-    with_actions = types.SimpleNamespace(**fields, form_actions=["https://collect.test/post"])
-    signal = check(with_actions)
+    assert feats.form_actions == ["https://collect.test/post"]
+    signal = check(feats)
     assert signal.evidence == ("password form posting to collect.test, not to the sender's examplebank.com",)
     assert signal.strength == DEFAULT_WEIGHTS["offsite_credential_form"]
-    same_site = types.SimpleNamespace(**fields, form_actions=["https://login.examplebank.com/"])
+    same_site = message(html=PASSWORD_FORM.replace("https://collect.test/post", "https://login.examplebank.com/"),
+                        from_="Bank <alerts@examplebank.com>")
     assert check(same_site).evidence == ("password input in the message (1)",)
 
 
@@ -202,7 +203,7 @@ def test_lookalike_brand_link_and_password_form_decide():
     assert get(signal.classification).reply() == "550 5.7.1 Phishing attempt detected"
     assert signal.evidence == (
         "link text www.paypal.com -> target paypa1-secure.test",
-        "password input in the message (1)",
+        "password form posting to collect.test, not to the sender's mailer.test",
         "link host paypa1-secure.test looks like paypal.com (brand name in the domain)")
 
 
@@ -213,7 +214,7 @@ def test_each_kind_counts_once():
 
 
 def test_threshold_and_weights_are_parameters():
-    feats = message(html=PASSWORD_FORM)
+    feats = message(html=PASSWORD_FORM_NO_ACTION)
     assert check(feats, threshold=1.0).decides
     assert check(feats, weights={**DEFAULT_WEIGHTS, "credential_form": 0.5}).strength == 0.5
 

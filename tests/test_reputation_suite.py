@@ -141,3 +141,32 @@ def test_urlbl_against_the_real_dns_server(tmp_path, scorer, dns_server):
 def test_the_documented_example_config_loads_every_check(tmp_path):
     rep = Reputation(load_config(DATA / "reputation.example.toml"), tmp_path)
     assert set(rep.status().values()) == {"enabled"}, rep.status()
+
+
+def test_ucepp_decides_on_a_token_of_recent_spam(tmp_path, scorer):
+    rep = Reputation(load_config(None), tmp_path)
+    for i, topic in enumerate(("watches", "pills", "loans", "casino")):   # 3 decay a hair below 3
+        rep.learn(simple_message(f"Best {topic} deal {i}, call +1 415 555 0142 today.", subject=topic), "spam")
+    v = score(scorer, rep, simple_message("Hello, about the meeting: call me at +1 415 555 0142.",
+                                          subject="meeting"))
+    u = next(r for r in v.reputation if r.check == "ucepp")
+    assert u.decides_alone and "14155550142" in u.evidence[0]
+    assert (v.classification, v.reply()) == ("ucepp", get("ucepp").reply())
+
+
+def test_phishing_lookalike_link_and_a_password_form_posting_away(tmp_path, scorer):
+    (tmp_path / "r.toml").write_text('[phishing.brands]\nexamplebank = ["examplebank.test"]\n')
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    html = ('<p>Your account is locked. Sign in at <a href="http://examp1ebank-secure.test/login">'
+            'www.examplebank.test</a></p><form action="http://collect.test/p.php">'
+            '<input name=u><input type="password" name=p></form>')
+    raw = simple_message("Your account is locked.", frm="Example Bank <alerts@examp1ebank-secure.test>",
+                         subject="Account locked", html=html)
+    v = score(scorer, rep, raw)
+    p = next(r for r in v.reputation if r.check == "phishing")
+    assert p.decides_alone and p.strength >= 3
+    assert any("examplebank" in e for e in p.evidence)
+    assert (v.classification, v.reply()) == ("phishing", "550 5.7.1 Phishing attempt detected")
+    plain = score(scorer, rep, simple_message("Lunch on Friday? See https://www.examplebank.test/hours",
+                                              frm="Sam <sam@friends.test>", subject="lunch"))
+    assert not any(r.check == "phishing" and r.decides_alone for r in plain.reputation)
