@@ -585,24 +585,38 @@ def test_overload_is_refused_with_resource_exhausted(tiny_server):
     big = spam.replace(b"\n\n", b"\n\n" + b"lorem ipsum dolor sit amet free offer now\n" * 50_000, 1)
     assert len(big) > 2_000_000
     n = 20
-    barrier = threading.Barrier(n)
-    codes: list = [None] * n
 
-    def call(i):
-        barrier.wait()
-        try:
-            r = stub.Score(pb.ScoreRequest(message=big, request_id=f"burst-{i}"), timeout=30)
-            codes[i] = "OK" if r.digest == sha256(big) else "WRONG"
-        except grpc.RpcError as exc:
-            codes[i] = exc.code().name
+    def burst() -> collections.Counter:
+        barrier = threading.Barrier(n)
+        codes: list = [None] * n
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    count = collections.Counter(codes)
-    assert set(count) <= {"OK", "RESOURCE_EXHAUSTED"}, count
+        # a connection per caller: on one connection HTTP/2 flow control can feed the
+        # server one upload at a time, which is no burst at all
+        stubs = [srv.stub(options=(("burst", i),)) for i in range(n)]
+
+        def call(i):
+            barrier.wait()
+            try:
+                r = stubs[i].Score(pb.ScoreRequest(message=big, request_id=f"burst-{i}"), timeout=30)
+                codes[i] = "OK" if r.digest == sha256(big) else "WRONG"
+            except grpc.RpcError as exc:
+                codes[i] = exc.code().name
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return collections.Counter(codes)
+
+    # Whether 20 uploads overlap at the server depends on the machine's scheduling: a
+    # burst that happened to arrive one by one is not an overload. Up to three bursts.
+    count = collections.Counter()
+    for _ in range(3):
+        count += burst()
+        assert set(count) <= {"OK", "RESOURCE_EXHAUSTED"}, count
+        if count["RESOURCE_EXHAUSTED"]:
+            break
     assert count["RESOURCE_EXHAUSTED"] >= 1 and count["OK"] >= 1, count
     # still healthy, and scoring
     assert srv.health(srv.addresses[0], SERVICE) == SERVING
