@@ -57,6 +57,36 @@ def row_t(what, measured, target, ok) -> str:
     return f"| {what} | {measured} | {target} | {verdict} |"
 
 
+def reputation_sections(rep, pz, nd) -> list[str]:
+    """The reputation checks: digest compatibility, near-duplicates, with/without."""
+    L = []
+    if pz or nd or rep:
+        L += ["", "## The reputation checks", ""]
+    if pz:
+        c = pz["counts"]
+        L += [f"**Pyzor digests** (`bench/pyzor_compat.py`, against {pz['reference']}): of {c['messages']}"
+              f" messages, {c['equal']} equal, {c['different']} different, {c['both_none']} with no digest"
+              f" on either side (pyzor's empty digest), {c['ours_only_none'] + c['reference_only_none']}"
+              f" with a digest on one side only. {pz['timing']['ours_us_per_msg'] / 1000:.2f} ms per message"
+              f" (pyzor: {pz['timing']['reference_us_per_msg'] / 1000:.2f} ms).", ""]
+    if nd:
+        key = f"shingle={nd['defaults']['shingle']},min_shingles={nd['defaults']['min_shingles']}"
+        s, camp = nd["split"][key], nd["campaigns"]
+        L += [f"**Near-duplicates** (`bench/neardup_bench.py`): {camp['count']} campaigns of spam"
+              f" ({camp['messages']} messages) found by exact Jaccard; the first half of each reported"
+              f" ({camp['reported']}), the other {camp['held_out']} held out; {nd['ham']} ham all checked.", "",
+              "| similarity threshold | " + " | ".join(s["held_out_caught"]) + " |",
+              "|---|" + "---|" * len(s["held_out_caught"]),
+              "| held-out copies caught | " + " | ".join(str(v) for v in s["held_out_caught"].values()) + " |",
+              "| ham hit | " + " | ".join(str(v) for v in s["ham_hits"].values()) + " |", ""]
+    if rep:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from reputation_bench import markdown as reputation_markdown
+
+        L += [reputation_markdown(rep), ""]
+    return L
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--harness", default=str(ROOT / "bench/out/harness/results/spamassassin.json"))
@@ -64,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--speed", default=str(ROOT / "bench/out/speed.json"))
     ap.add_argument("--grpc", default=str(ROOT / "bench/out/grpc.json"))
     ap.add_argument("--gate", default=str(ROOT / "bench/out/gate.json"))
+    ap.add_argument("--reputation", default=str(ROOT / "bench/out/reputation.json"))
+    ap.add_argument("--pyzor", default=str(ROOT / "bench/out/pyzor_compat.json"))
+    ap.add_argument("--neardup", default=str(ROOT / "bench/out/neardup.json"))
     ap.add_argument("--out", default=str(ROOT / "bench/report.md"))
     ap.add_argument("--note", default="", help="a paragraph on how this run differs from a plain bench/run.sh")
     a = ap.parse_args(argv)
@@ -199,6 +232,7 @@ def main(argv=None) -> int:
         from gate_bench import markdown as gate_markdown
 
         L += ["", gate_markdown(gate).replace("### SMTP gate", "## The SMTP gate", 1), ""]
+    L += reputation_sections(load(a.reputation), load(a.pyzor), load(a.neardup))
     L += ["", "Where a target is not met, the closing notes of the issues and",
           "README.md say what was measured and why.", ""]
     pathlib.Path(a.out).write_text("\n".join(L))

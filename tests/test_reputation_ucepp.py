@@ -352,3 +352,13 @@ def test_a_store_that_cannot_be_opened_disables_the_check(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mailsift.reputation"), pytest.raises(Disabled, match="bad.sqlite"):
         UceppStore(tmp_path / "bad.sqlite")
     assert any(getattr(r, "fields", {}).get("check") == "ucepp" for r in caplog.records)
+
+
+def test_a_store_made_today_takes_mail_dated_decades_back(tmp_path):
+    """Regression (bench/reputation_bench.py replaying the 2002 corpus): moving the
+    epoch thirty years back overflowed the rescale factor."""
+    store = UceppStore(tmp_path / "u.sqlite", clock=lambda: 1.8e9)
+    f = extract(message("Call +1 415 555 0142 now"))
+    store.learn(f, "spam", now=1.0e9)
+    store.learn(f, "spam", now=0.9e9)
+    assert store.counts(store.tokens(f), now=0.9e9)

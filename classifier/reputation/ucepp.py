@@ -732,8 +732,11 @@ class UceppStore:
                               new_days=self.half_life_days)
 
     def _rescale(self, new_epoch: float, half_life: float) -> None:
-        """Move the epoch to ``new_epoch`` (inside a transaction)."""
-        factor = 2.0 ** ((self._epoch - new_epoch) / half_life)
+        """Move the epoch to ``new_epoch`` (inside a transaction). The exponent is
+        clamped as in ``_scale``: a store made on today's clock and then fed mail dated
+        decades back (a replay of an old corpus) would otherwise overflow the float."""
+        x = (self._epoch - new_epoch) / half_life
+        factor = 2.0 ** min(max(x, -_MAX_EXPONENT), _MAX_EXPONENT)
         self._db.execute("UPDATE tokens SET spam = spam * ?, ham = ham * ?, weight = weight * ?",
                          (factor, factor, factor))
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (new_epoch,))
