@@ -84,8 +84,9 @@ from classifier.reputation.suite import Reputation, ReputationConfig  # noqa: E4
 from classifier.scorer import QUARANTINE, Scorer  # noqa: E402
 from training.corpus import batch_split, message_time, read_corpus  # noqa: E402
 from training.metrics import evaluate_scores  # noqa: E402
+from training.evaluate import fit_scorer  # noqa: E402
 from training.recipe import DEFAULT_RECIPE, build_model, load_recipe  # noqa: E402
-from training.train import extract_all, solo_thresholds  # noqa: E402
+from training.train import extract_all  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "spamassassin"
 ARMS = ("without", "with")
@@ -172,19 +173,9 @@ class LogCounter(logging.Handler):
 
 
 def fresh_scorer(recipe, train, feats, jobs: int) -> tuple[Scorer, float]:
-    """The recipe fitted on ``train`` (``feats`` its features) as
-    ``training.evaluate.evaluate_batch`` fits it; that function keeps its scorer to
-    itself, so the few lines that build the bundle are repeated here."""
-    y = [1 if m.label == "spam" else 0 for m in train]
-    model = build_model(recipe, n_jobs=jobs)
-    t0 = time.perf_counter()
-    model.fit(feats, y)
-    fit_s = time.perf_counter() - t0
-    bundle = ModelBundle(model=model, version="reputation-bench", threshold=recipe.threshold,
-                         tolerant_threshold=recipe.tolerant_threshold,
-                         solo_thresholds=solo_thresholds(model, recipe.solo_grid, recipe.solo_margin),
-                         specificity=recipe.specificity)
-    return Scorer(bundle), fit_s
+    """The recipe fitted on ``train`` (``feats`` its features), as
+    ``training.evaluate.evaluate_batch`` fits it."""
+    return fit_scorer(recipe, feats, [1 if m.label == "spam" else 0 for m in train], jobs, "reputation-bench")
 
 
 def decided_by(v) -> list[str]:
@@ -599,7 +590,8 @@ def print_report(res: dict) -> None:
         print(text_table(ARM_HEADER, arm_rows(o)))
         print(delta_line(o))
         sh = o["second_half"]
-        print("second half: " + "; ".join(f"{arm} 1-ROCA% {_f(sh[arm]['roca_pct'], 4)} lam% {_f(sh[arm]['lam_pct'], 3)}"
+        # a short run's second half may hold one class only: then it has counts, no ROC
+        print("second half: " + "; ".join(f"{arm} 1-ROCA% {_f(sh[arm].get('roca_pct'), 4)} lam% {_f(sh[arm].get('lam_pct'), 3)}"
                                           f" fp {sh[arm]['fp']} fn {sh[arm]['fn']}" for arm in ARMS))
         print("\n".join(quarantined_ham_lines(o)))
         print(text_table(CHECK_HEADER, check_rows(o)))

@@ -39,6 +39,19 @@ def _cpu() -> float:
     return time.process_time()
 
 
+def fit_scorer(recipe, feats, y, jobs: int | None, version: str) -> tuple[Scorer, float]:
+    """The recipe fitted on ``feats``/``y`` as an in-memory bundle; (scorer, fit seconds)."""
+    model = build_model(recipe, n_jobs=jobs)
+    t0 = time.perf_counter()
+    model.fit(feats, y)
+    fit_s = time.perf_counter() - t0
+    bundle = ModelBundle(model=model, version=version, threshold=recipe.threshold,
+                         tolerant_threshold=recipe.tolerant_threshold,
+                         solo_thresholds=solo_thresholds(model, recipe.solo_grid, recipe.solo_margin),
+                         specificity=recipe.specificity)
+    return Scorer(bundle), fit_s
+
+
 def evaluate_batch(corpus: str, recipe_path=DEFAULT_RECIPE, seed: int = 0, train_fraction: float = 0.7,
                    jobs: int = 0, fmt: str = "auto", boot: int = 200) -> dict:
     recipe = load_recipe(recipe_path)
@@ -49,15 +62,9 @@ def evaluate_batch(corpus: str, recipe_path=DEFAULT_RECIPE, seed: int = 0, train
     raws_te = [m.read() for m in test]
 
     feats_tr = extract_all(train, jobs, desc="features (train)")
-    model = build_model(recipe, n_jobs=jobs)
-    t0 = time.perf_counter()
-    model.fit(feats_tr, y_tr)
-    fit_s = time.perf_counter() - t0
-    bundle = ModelBundle(model=model, version="evaluate", threshold=recipe.threshold,
-                         tolerant_threshold=recipe.tolerant_threshold,
-                         solo_thresholds=solo_thresholds(model, recipe.solo_grid, recipe.solo_margin),
-                         specificity=recipe.specificity)
-    scorer = Scorer(bundle)
+    scorer, fit_s = fit_scorer(recipe, feats_tr, y_tr, jobs, "evaluate")
+    bundle = scorer.bundle
+    model = bundle.model
 
     # scoring speed: raw bytes in, verdict out, sequential, one process, warm model.
     # The training features are dropped and the model frozen out of the cyclic GC first,
