@@ -209,7 +209,7 @@ def _read_settings(t: Table, base: Settings) -> Settings:
 @dataclass(frozen=True)
 class Domain:
     name: str
-    route: tuple[str, int] | None            # destination host:port (None: MX lookup)
+    route: tuple[str, int]                   # destination host:port
     local_recipients: frozenset[str] | None  # None: every address of the domain
     settings: Settings
     recipient_settings: dict[str, Settings] = field(default_factory=dict)
@@ -403,7 +403,9 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         lname = name.lower().rstrip(".")
         if "@" in lname or "." not in lname:
             raise ConfigError(f"{key}: not a domain name")
-        route = one.take("route", str)
+        # Required until delivery by MX lookup exists: a domain without a route would
+        # tempfail every message (review of issue 5).
+        route = one.take("route", str, required=True)
         local = one.strings("local_recipients", None)
         settings = _read_settings(one.sub("filtering"), filtering)
         per_rcpt = {}
@@ -416,7 +418,7 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         one.done()
         domains[lname] = Domain(
             name=lname,
-            route=_hostport(route, f"{key}.route", 25) if route else None,
+            route=_hostport(route, f"{key}.route", 25),
             local_recipients=None if local is None else frozenset(
                 normalise_address(x if "@" in x else f"{x}@{lname}") for x in local),
             settings=settings, recipient_settings=per_rcpt)
@@ -442,6 +444,8 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     kw["users"] = users
 
     top.done()
+    if kw["outgoing_relay"] is None and any(x.kind != "inbound" for x in kw["listeners"]):
+        raise ConfigError("outgoing.relay: required when a submission listener is enabled")
     return GateConfig(**kw)
 
 

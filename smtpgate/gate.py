@@ -47,7 +47,7 @@ from .checks.subject_invalid_chars import subject_invalid_chars
 from .checks.too_many_mime_parts import too_many_mime_parts
 from .config import GateConfig, Settings, address_matches, normalise_address
 from .decisionlog import DecisionLog
-from .delivery import Delivery
+from .delivery import Delivery, DeliveryResult
 from .dns import Resolver
 from .message import DataContext
 from .policy import POLICY
@@ -99,7 +99,8 @@ class Txn:
     deferred: list[CheckResult] = field(default_factory=list)
     settings: Settings | None = None
     route: tuple[str, int] | None = None
-    rcpts: list[str] = field(default_factory=list)         # accepted, to be delivered
+    rcpts: list[str] = field(default_factory=list)         # accepted, normalised (matching, logs)
+    deliver_to: list[str] = field(default_factory=list)    # the same, as written (RFC 5321 2.4)
     blackholed: list[tuple[str, CheckResult]] = field(default_factory=list)
     whitelisted: CheckResult | None = None
     bypassed: list[CheckResult] = field(default_factory=list)   # what the whitelist let pass
@@ -253,7 +254,10 @@ class Gate:
         mail_from = "" if address in ("<>", "") else address
         txn = Txn(queue_id=new_id(), mail_from=mail_from, smtputf8=bool(envelope.smtp_utf8),
                   body8bit="BODY=8BITMIME" in mail_options)
-        result = await self._run("mail", conn, txn)
+        try:
+            result = await self._run("mail", conn, txn)
+        except _Reply as r:
+            return r.reply
         if result is not None:
             reply = result.reply()
             self._log(conn, txn, result, result.classification, reply, "mail")
@@ -280,11 +284,12 @@ class Gate:
             self._log(conn, txn, result, result.classification, reply, "rcpt", rcpt=rcpt)
             return reply
         txn.rcpts.append(rcpt)
+        txn.deliver_to.append(address)   # as the client wrote it: local parts keep their case
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_RSET(self, server, session, envelope):
-        return None
+        return "250 2.0.0 OK"   # aiosmtpd sends a hook's None as is: it must be a reply
 
     @_guarded("data")
     async def handle_DATA(self, server, session, envelope):
@@ -321,8 +326,18 @@ class Gate:
         if row.action == "accept":
             message = headers.prepend(raw, self._trace_headers(conn, txn, ctx, result, outcome),
                                       strip_authserv_id=self.cfg.hostname)
-            d = await self.delivery.deliver(txn.route, txn.mail_from, txn.rcpts, message,
+            d = await self.delivery.deliver(txn.route, txn.mail_from, txn.deliver_to, message,
                                             smtputf8=txn.smtputf8, body8bit=txn.body8bit)
+            # A recipient the route put off (4xx) while it took the others: SMTP has one
+            # reply for all, so the whole transaction is put off and retried. The others
+            # may then arrive twice; that is better than a 250 for mail nobody holds.
+            # (The durable queue of issue #7 retries per recipient instead.)
+            d.refused = {normalise_address(r): c for r, c in d.refused.items()}
+            deferred = {r: c for r, c in d.refused.items() if c[0] < 500}
+            if deferred and d.ok:
+                d = DeliveryResult("tempfail", min(c for c, _ in deferred.values()),
+                                   "; ".join(f"{r}: {c} {t}" for r, (c, t) in deferred.items())
+                                   + " (the route took the other recipients)", d.refused)
             if not d.ok:
                 # The route refused or could not be reached while the sender waits: say
                 # so with the contract's rows for a destination that fails.
@@ -335,12 +350,17 @@ class Gate:
                               **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
                 return reply
             reply = row.reply()
-            for rcpt in txn.rcpts:
-                refused = d.refused.get(rcpt)
-                extra = dict(log_extra)
-                if refused:   # partial: the route took the others; bounces are issue #7's
-                    extra["delivery"] = {"refused": list(refused)}
-                self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **extra)
+            try:
+                for rcpt in txn.rcpts:
+                    refused = d.refused.get(rcpt)
+                    extra = dict(log_extra)
+                    if refused:   # refused for good (5xx) while the route took the others: the
+                        extra["delivery"] = {"refused": list(refused)}   # DSN is the queue's (#7)
+                    self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **extra)
+            except Exception:
+                # The route holds the message now: a 4xx would have the sender deliver it
+                # twice. The 250 stands; the failure to log it is logged where it can be.
+                log.exception("decision log write failed after delivery of %s", txn.queue_id)
             return reply
         reply = result.reply()
         if row.action == "quarantine":
@@ -425,6 +445,14 @@ class Gate:
         if conn.submission and conn.user is None:
             return CheckResult("submission_auth_required", "submission_auth_required",
                                f"MAIL on the {conn.listener} port without AUTH")
+        return None
+
+    async def mail_sender_login_mismatch(self, conn: Conn, txn: Txn):
+        user = self.cfg.users.get(conn.user) if conn.user else None
+        if user is not None and user.senders and not (txn.mail_from and address_matches(txn.mail_from, user.senders)):
+            # Not a contract row: Postfix's reject_sender_login_mismatch, answered as a
+            # protocol reply (RFC 3463 5.7.1: not authorised for this sender).
+            raise _Reply("553 5.7.1 Sender address not owned by the authenticated user")
         return None
 
     async def mail_sender_blacklisted(self, conn: Conn, txn: Txn):

@@ -39,25 +39,44 @@ def _header_block_end(raw: bytes) -> int:
     return len(raw)
 
 
+_COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
+
+
+def _authserv_id(value: bytes) -> bytes | None:
+    """The authserv-id of an Authentication-Results value (RFC 8601 2.2): unfolded,
+    comments removed, the first token before ';' or a space (a version may follow),
+    without a trailing dot, lower case. None when there is none."""
+    v = re.sub(rb"\r?\n[ \t]", b" ", value)
+    for _ in range(3):   # nested comments, a few levels
+        v = _COMMENT.sub(b" ", v)
+    token = v.strip().split(b";", 1)[0].split(None, 1)
+    return token[0].rstrip(b".").lower() if token else None
+
+
 def strip_ours(raw: bytes, authserv_id: str) -> bytes:
     """Remove incoming X-Mailsift-* fields and Authentication-Results fields that claim
-    our authserv-id, keeping everything else byte for byte."""
+    our authserv-id (or whose authserv-id cannot be read), keeping everything else byte
+    for byte. Continuation lines before the first field are dropped too: prepended
+    below our own fields they would read as part of them."""
     end = _header_block_end(raw)
-    head = raw[:end]
-    lines = head.splitlines(keepends=True)
-    out, drop = [], False
-    aid = authserv_id.lower().encode()
+    lines = raw[:end].splitlines(keepends=True)
+    fields: list[list[bytes]] = []
     for line in lines:
         if line[:1] in (b" ", b"\t"):
-            if not drop:
-                out.append(line)
+            if fields:
+                fields[-1].append(line)
             continue
-        name, _, value = line.partition(b":")
+        fields.append([line])
+    aid = authserv_id.lower().rstrip(".").encode()
+    out = []
+    for field in fields:
+        name, _, value = b"".join(field).partition(b":")
         lname = name.strip().lower()
-        drop = lname.startswith(_OURS) or (
-            lname == b"authentication-results" and value.strip().lower().split(b";")[0].strip() == aid)
-        if not drop:
-            out.append(line)
+        if lname.startswith(_OURS):
+            continue
+        if lname == b"authentication-results" and _authserv_id(value) in (aid, None):
+            continue
+        out.extend(field)
     return b"".join(out) + raw[end:]
 
 

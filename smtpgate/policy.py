@@ -33,6 +33,7 @@ POLICY: dict[str, tuple[str, ...]] = {
     ),
     "mail": (
         "submission_auth_required",  # submission ports: AUTH first
+        "sender_login_mismatch",     # an outgoing user sends only as the senders configured
         "sender_blacklisted",        # the administrator's sender blacklist
         "spf_fail",                  # deferred
         "sender_missing_dns",        # deferred; a DNS timeout tempfails, deferred too

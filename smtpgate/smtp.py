@@ -156,6 +156,10 @@ class GateSMTP(SMTP):
         too_much = False
         longest = 0
         line = bytearray()
+        # Part of the current line was already read and dropped (over SIZE): what is left
+        # of it is no line of its own, so a "." ending it does not end DATA. Without this
+        # a client could end DATA mid-line and smuggle commands (SMTP smuggling).
+        partial = False
         while self.transport is not None:
             try:
                 chunk = await self._reader.readuntil(b"\r\n")
@@ -173,12 +177,16 @@ class GateSMTP(SMTP):
                     too_much = True
                 if too_much:
                     line.clear()
+                    partial = True
                 continue
-            if line == b".\r\n":
+            if line == b".\r\n" and not partial:
                 break
+            partial = False
             if line.startswith(b"."):
                 del line[0]   # RFC 5321 4.5.2 transparency
-            longest = max(longest, len(line) - 2)
+            # RFC 5322 lines end in CRLF, but a bare LF ends a line for every reader
+            # downstream, so a message in bare LFs is measured line by line too.
+            longest = max(longest, max(len(seg) for seg in line[:-2].split(b"\n")))
             if not too_much:
                 if limit and len(data) + len(line) > limit:
                     too_much = True

@@ -22,12 +22,14 @@ def cfg(**tables):
     ({"gate": {"max_recipients": "100"}}, "gate.max_recipients: must be an integer"),
     ({"gate": {"max_recipients": True}}, "gate.max_recipients: must be an integer"),
     ({"filtering": {"threshold": 1.5}}, "filtering.threshold: must be between 0.0 and 1.0"),
-    ({"domains": {"a.test": {"filtering": {"threshold": -1}}}},
+    ({"domains": {"a.test": {"route": "127.0.0.1:25", "filtering": {"threshold": -1}}}},
      'domains."a.test".filtering.threshold: must be between'),
     ({"domains": {"a.test": {"route": "host-without-port:x"}}}, 'domains."a.test".route: must be host:port'),
-    ({"domains": {"a.test": {"recipients": {"bob@b.test": {}}}}},
+    ({"domains": {"a.test": {"route": "127.0.0.1:25", "recipients": {"bob@b.test": {}}}}},
      'domains."a.test".recipients."bob@b.test": not an address of a.test'),
     ({"domains": {"nodot": {}}}, 'domains.nodot: not a domain name'),
+    ({"domains": {"a.test": {}}}, 'domains."a.test".route: required'),
+    ({"listeners": {"submission": {"bind": "127.0.0.1:1"}}}, "outgoing.relay: required when a submission"),
     ({"filtering": {"checks": {"spf": False}}}, "filtering.checks.spf: unknown key"),
     ({"blacklists": {"ips": ["300.1.1.1"]}}, "blacklists.ips: not an IP address or network"),
     ({"dnsbl": {"zones": [{"name": "bl.test", "codes": ["nope"]}]}}, "dnsbl.zones[0].codes: not an IP address"),
@@ -49,7 +51,8 @@ def test_settings_layer_and_ids_are_stable():
     c = cfg(filtering={"threshold": 0.91, "sender_whitelist": ["a@b.test"]},
             domains={"one.test": {"route": "127.0.0.1:25"},
                      "two.test": {"route": "127.0.0.1:25", "filtering": {"max_line_length": 2000}},
-                     "three.test": {"recipients": {"ceo@three.test": {"threshold": 0.5,
+                     "three.test": {"route": "127.0.0.1:25",
+                                    "recipients": {"ceo@three.test": {"threshold": 0.5,
                                                                        "checks": {"date_skew": False}}}}})
     one, two, three = (c.domains[d] for d in ("one.test", "two.test", "three.test"))
     assert one.settings.threshold == two.settings.threshold == 0.91
@@ -59,7 +62,7 @@ def test_settings_layer_and_ids_are_stable():
     assert ceo.threshold == 0.5 and not ceo.enabled("date_skew") and ceo.id != three.settings.id
     assert three.settings_for("other@three.test") is three.settings
     assert cfg(filtering={"threshold": 0.91, "sender_whitelist": ["a@b.test"]}).filtering.id == one.settings.id
-    assert three.route is None and one.route == ("127.0.0.1", 25)
+    assert three.route == one.route == ("127.0.0.1", 25)
 
 
 @pytest.mark.parametrize("address,patterns,hit", [

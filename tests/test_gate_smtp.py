@@ -444,8 +444,14 @@ def test_scorer_classifications_decide_the_reply(gate, sink, cid):
 def test_not_spam_is_delivered_with_trace_headers_and_forged_ones_removed(gate, sink, peers):
     forged = (b"X-Mailsift-Score: 0.0000; forged\r\n"
               b"Authentication-Results: mx.gate.test; spf=pass smtp.mailfrom=forged.test\r\n"
+              # the variants a review found getting through: folded, versioned,
+              # behind a comment, with a trailing dot
+              b"Authentication-Results:\r\n mx.gate.test; spf=pass (forged)\r\n"
+              b"Authentication-Results: mx.gate.test 1; dkim=pass (forged)\r\n"
+              b"Authentication-Results: (c) mx.gate.test; dkim=pass (forged)\r\n"
+              b"Authentication-Results: MX.Gate.Test.; dkim=pass (forged)\r\n"
               b"Authentication-Results: other.example; spf=fail\r\n")
-    msg = message(extra=forged, msgid="<ok@good.test>")
+    msg = b" X-Mailsift-Classification: whitelisted (forged)\r\n" + message(extra=forged, msgid="<ok@good.test>")
     _, _, data = send(gate, msg)
     assert data == split(reply("not_spam"))
     out = sink.messages[0]["data"]
@@ -457,6 +463,7 @@ def test_not_spam_is_delivered_with_trace_headers_and_forged_ones_removed(gate, 
     d = decision(gate, msgid="<ok@good.test>")
     assert_logged(d, "not_spam")
     assert d["size"] == len(msg) and d["queue_id"] in out.decode()
+    assert b"(forged)" not in head
     req = peers[1].requests[-1]
     assert req.facts.spf == "pass" and req.facts.ptr == "match" and req.envelope.mail_from == "sender@good.test"
     assert req.settings_id == d["settings_id"] and req.threshold == pytest.approx(0.9)
@@ -560,6 +567,40 @@ def test_disconnect_mid_data_delivers_nothing(gate, sink):
     assert data[0] == 250
 
 
+def test_rset_mid_transaction_then_a_new_one(gate, sink):
+    c = RawClient(gate.port())
+    c.reply()
+    c.cmd("EHLO mail.good.test")
+    c.cmd("MAIL FROM:<sender@good.test>")
+    c.cmd("RCPT TO:<alice@local.test>")
+    assert c.cmd("RSET") == (250, "2.0.0 OK")
+    assert c.cmd("RCPT TO:<alice@local.test>")[0] == 503          # the transaction is gone
+    assert c.cmd("MAIL FROM:<sender@good.test>")[0] == 250
+    assert c.cmd("RCPT TO:<carol@local.test>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    c.send(message(to="carol@local.test") + b".\r\n")
+    assert c.reply()[0] == 250
+    assert [m["rcpts"] for m in sink.messages] == [["carol@local.test"]]
+
+
+def test_no_smuggling_when_an_oversized_line_ends_in_a_dot(gate, sink):
+    """Regression (review of issue 5): over SIZE, the rest of a long line was dropped
+    and its last byte '.', followed by CRLF, ended DATA in the middle of a line; what
+    followed was read as commands and delivered."""
+    c = _in_data(gate.port())
+    c.send(message(to="alice@local.test") + (b"A" * 998 + b"\r\n") * 210)   # over SIZE
+    time.sleep(0.2)
+    c.send(b"B" * 1100 + b".")            # a long line that ends in '.' at a read boundary
+    time.sleep(0.2)
+    c.send(b"\r\nMAIL FROM:<ceo@good.test>\r\nRCPT TO:<alice@local.test>\r\nDATA\r\n"
+           + message(frm="ceo@good.test", subject="smuggled") + b".\r\n")
+    code, text = c.reply()                # the real CRLF.CRLF ends the one DATA
+    assert code == 552 and text.startswith("5.3.4")
+    assert c.cmd("NOOP")[0] == 250         # and nothing else was answered in between
+    time.sleep(0.2)
+    assert sink.messages == []
+
+
 def test_message_over_size(gate, sink):
     with smtplib.SMTP("127.0.0.1", gate.port(), source_address=(z.IP_GOOD, 0)) as s:
         s.ehlo("mail.good.test")
@@ -585,7 +626,7 @@ def test_auth_only_after_starttls_then_outgoing_mail_is_scored_and_relayed(gate,
         s.ehlo("laptop")
         assert not s.has_extn("auth")
         assert s.mail("alice@example.test")[0] == 530          # STARTTLS first
-        s.rset()
+        assert s.rset()[0] == 530        # before TLS: only EHLO, NOOP, STARTTLS, QUIT
         s.starttls(context=_client_tls())
         s.ehlo("laptop")
         assert "PLAIN" in s.esmtp_features["auth"]
@@ -651,3 +692,35 @@ def test_hostile_message_bodies_get_an_answer_and_lose_nothing(gate, sink):
     accepted = [d for d in gate.decisions()[-4:] if d["reply"].startswith("250")]
     assert len(sink.messages) == len(accepted)
     assert not any(d["classification"] == "internal_error" for d in gate.decisions()[-4:])
+
+
+def test_a_recipient_the_route_puts_off_puts_off_the_transaction(gate, sink):
+    """Regression (review of issue 5): the route took bob and put off tempfail-carol, and
+    the gate said 250 for both; carol's copy was held by nobody."""
+    _, rr, data = send(gate, message(to="bob@example.test"), rcpts=("bob@example.test", "tempfail-carol@example.test"))
+    assert [c for c, _ in rr] == [250, 250]
+    assert data == split(reply("destination_unverified"))
+    d = decision(gate, rcpt="tempfail-carol@example.test", classification="destination_unverified")
+    assert "tempfail-carol@example.test: 451" in d["evidence"][0]["evidence"]
+
+
+def test_outgoing_user_sends_only_as_the_configured_senders(dns_server, peers, tmp_path):
+    sink, scorer = peers
+    sink.clear()
+    cfg = gate_config(dns_server, sink, scorer, {"gate": {"state_dir": str(tmp_path)}})
+    cfg["outgoing"]["users"]["alice@example.test"]["senders"] = ["alice@example.test", "*@lists.example.test"]
+    g = GateThread(cfg, tmp_path).start()
+    try:
+        with smtplib.SMTP_SSL("127.0.0.1", g.port("submissions"), context=_client_tls(), timeout=10) as s:
+            s.ehlo("laptop")
+            s.login("alice@example.test", PASSWORD)
+            code, text = s.mail("ceo@bank.test")
+            assert code == 553 and text.startswith(b"5.7.1")
+            s.rset()
+            assert s.mail("news@lists.example.test")[0] == 250
+            s.rset()
+            s.sendmail("Alice@Example.test", ["Bob.Smith@Far-Away.test"], message(frm="alice@example.test"))
+        # delivered to the address as written: local parts keep their case (RFC 5321 2.4)
+        assert sink.messages[0]["rcpts"] == ["Bob.Smith@Far-Away.test"]
+    finally:
+        g.stop()
