@@ -119,7 +119,85 @@ def _free_port() -> int:
     raise RuntimeError("no free port for the test DNS server")
 
 
-class DnsServer:
+class LocalService:
+    """What a test's server process shares: a temporary directory, a log file in it,
+    stopping (terminate, then kill), and use as a context manager. Subclasses set
+    ``log_name`` and start ``self._proc`` with ``self._log`` as its output."""
+
+    log_name = "service.log"
+    _proc: subprocess.Popen | None = None
+    _log = None
+    _dir: tempfile.TemporaryDirectory | None = None
+
+    def start(self, ready_timeout: float = 10.0):
+        raise NotImplementedError
+
+    def _launch(self, cmd: list[str], port: int, ready_timeout: float) -> str | None:
+        """Start ``cmd`` (which listens on ``port``): None once it is ready, else why
+        not (the process is gone by then)."""
+        self._log = open(Path(self._dir.name) / self.log_name, "wb")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.port = port
+        try:
+            self._wait_ready(ready_timeout)
+            return None
+        except RuntimeError as e:
+            self._kill()
+            return str(e)
+
+    def _wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _wait_until(self, probe, timeout: float, what: str) -> None:
+        """Poll ``probe()`` (True: ready; OSError or False: not yet) until ``timeout``;
+        a process that exits meanwhile fails at once with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(self.log_text() or f"exited with {self._proc.returncode}")
+            try:
+                if probe():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"no {what} within {timeout}s; log: {self.log_text()}")
+
+    def log_text(self) -> str:
+        if self._dir is None:
+            return ""
+        path = Path(self._dir.name) / self.log_name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        self._kill()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class DnsServer(LocalService):
     """dnsmasq on 127.0.0.1:<free port>, serving ``records``; a context manager.
 
     ``records`` maps a name to {type: [values]} (see the module docstring for the value
@@ -127,6 +205,8 @@ class DnsServer:
     never answered. ``zones``: the domains served authoritatively (NXDOMAIN for unknown
     names); by default the top-level domain of every record name, and "arpa".
     """
+
+    log_name = "dnsmasq.log"
 
     def __init__(self, records: Mapping[str, Mapping[str, Iterable]], *,
                  slow_domains: Iterable[str] = (), zones: Iterable[str] | None = None,
@@ -202,77 +282,37 @@ class DnsServer:
             port = _free_port()
             conf = Path(self._dir.name) / "dnsmasq.conf"
             conf.write_text("\n".join(self.config_lines(port, self._blackhole.getsockname()[1])) + "\n")
-            log_path = Path(self._dir.name) / "dnsmasq.log"
-            self._log = open(log_path, "wb")
             user = getpass.getuser()
             group = grp.getgrgid(os.getgid()).gr_name
-            self._proc = subprocess.Popen(
+            last_error = self._launch(
                 [self.binary, "--keep-in-foreground", f"--conf-file={conf}",
                  # Run as whoever we are (dnsmasq started as root otherwise drops to nobody);
                  # no pid file, so no writable /run is needed.
-                 f"--user={user}", f"--group={group}", "--pid-file="],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
-            self.port = port
-            try:
-                self._wait_ready(ready_timeout)
+                 f"--user={user}", f"--group={group}", "--pid-file="], port, ready_timeout)
+            if last_error is None:
                 return self
-            except RuntimeError as e:
-                last_error = str(e)
-                self._kill()
-                if "in use" not in last_error:
-                    break
+            if "in use" not in last_error:
+                break
         self.stop()
         raise RuntimeError(f"dnsmasq did not start: {last_error}")
 
     def _wait_ready(self, timeout: float) -> None:
-        """Query until dnsmasq answers anything: then it has bound its port."""
         query = dns.message.make_query("ready.invalid.", "A")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(self.log_text() or f"exited with {self._proc.returncode}")
+
+        def answers() -> bool:
             try:
                 dns.query.udp(query, self.address, port=self.port, timeout=0.2)
-                return
-            except (dns.exception.Timeout, OSError):
-                time.sleep(0.02)
-        raise RuntimeError(f"no answer within {timeout}s; log: {self.log_text()}")
+                return True
+            except dns.exception.Timeout:
+                return False
 
-    def log_text(self) -> str:
-        if self._dir is None:
-            return ""
-        path = Path(self._dir.name) / "dnsmasq.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            self._proc = None
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
+        self._wait_until(answers, timeout, "answer")
 
     def stop(self) -> None:
-        self._kill()
         if self._blackhole is not None:
             self._blackhole.close()
             self._blackhole = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().stop()
 
 
 def _is_ip(text: str) -> bool:
