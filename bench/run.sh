@@ -24,6 +24,11 @@ fi
 python3 -m classifier.cli evaluate --corpus "$CORPUS" --out "$OUT/evaluate"
 python3 bench/speed.py --corpus "$CORPUS" --out "$OUT/speed.json"
 python3 bench/grpc_bench.py --corpus "$CORPUS" --out "$OUT/grpc.json"
+python3 bench/gate_bench.py --out "$OUT/gate.json"
+python3 bench/pyzor_compat.py --corpus "$CORPUS" --out "$OUT/pyzor_compat.json"
+python3 bench/neardup_bench.py --corpus "$CORPUS" --out "$OUT/neardup.json"
+python3 bench/reputation_bench.py --corpus "$CORPUS" --out "$OUT/reputation.json"
+python3 bench/state_bench.py --out "$OUT/state.json"
 
 HARNESS="$ROOT/../shared/bench/run.py"
 if [ -z "${SKIP_PEERS:-}" ] && [ -f "$HARNESS" ]; then
@@ -41,4 +46,6 @@ if [ -z "${SKIP_PEERS:-}" ] && [ -f "$HARNESS" ]; then
 fi
 
 python3 bench/report.py --harness "$OUT/harness/results/spamassassin.json" --evaluate "$OUT/evaluate" \
-  --speed "$OUT/speed.json" --grpc "$OUT/grpc.json" --out bench/report.md
+  --speed "$OUT/speed.json" --grpc "$OUT/grpc.json" --gate "$OUT/gate.json" \
+  --reputation "$OUT/reputation.json" --pyzor "$OUT/pyzor_compat.json" --neardup "$OUT/neardup.json" \
+  --out bench/report.md
