@@ -237,6 +237,7 @@ class Listener:
 @dataclass(frozen=True)
 class GateConfig:
     hostname: str = "localhost"
+    postmaster: str | None = None             # where RCPT TO:<postmaster> goes (RFC 5321 4.5.1)
     state_dir: Path = Path("var")
     listeners: tuple[Listener, ...] = ()
     max_message_size: int = 25 * 1024 * 1024
@@ -315,6 +316,7 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     g = top.sub("gate")
     kw: dict[str, Any] = dict(
         hostname=g.take("hostname", str, "localhost"),
+        postmaster=g.take("postmaster", str),
         state_dir=path(g.take("state_dir", str, "var")),
         max_message_size=g.take("max_message_size", int, 25 * 1024 * 1024, lo=1024, hi=2**31),
         max_recipients=g.take("max_recipients", int, 100, lo=1, hi=100_000),
@@ -444,6 +446,9 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     kw["users"] = users
 
     top.done()
+    pm = kw["postmaster"]
+    if pm is not None and (normalise_address(pm).rpartition("@")[2] not in domains):
+        raise ConfigError(f"gate.postmaster: must be an address of a filtered domain, got {pm!r}")
     if kw["outgoing_relay"] is None and any(x.kind != "inbound" for x in kw["listeners"]):
         raise ConfigError("outgoing.relay: required when a submission listener is enabled")
     return GateConfig(**kw)

@@ -272,6 +272,10 @@ class Gate:
         conn: Conn = session.gate
         txn: Txn = envelope.gate
         rcpt = normalise_address(address)
+        if rcpt == "postmaster" and self.cfg.postmaster:
+            # RFC 5321 4.5.1: <postmaster> without a domain must be accepted; it goes to
+            # the configured postmaster of one of our domains.
+            address = rcpt = normalise_address(self.cfg.postmaster)
         try:
             result = await self._run("rcpt", conn, txn, rcpt)
         except _Reply as r:

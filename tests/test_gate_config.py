@@ -40,6 +40,7 @@ def cfg(**tables):
     ({"listeners": {"inbound": {"bind": "127.0.0.1:1", "enabled": False}}},
      "listeners: at least one listener must be enabled"),
     ({"tls": {"cert": "a.pem"}}, "tls: cert and key go together"),
+    ({"gate": {"postmaster": "pm@elsewhere.test"}}, "gate.postmaster: must be an address of a filtered domain"),
 ])
 def test_errors_name_the_key(tables, message):
     with pytest.raises(ConfigError) as e:

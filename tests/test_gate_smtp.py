@@ -44,7 +44,8 @@ def peers():
 
 def gate_config(dns_server, sink, scorer, overrides=None) -> dict:
     cfg = {
-        "gate": {"hostname": "mx.gate.test", "max_message_size": 200_000, "max_recipients": 5},
+        "gate": {"hostname": "mx.gate.test", "max_message_size": 200_000, "max_recipients": 5,
+                 "postmaster": "postmaster@example.test"},
         "listeners": {"inbound": {"bind": f"127.0.0.1:{free_port()}"},
                       "submission": {"bind": f"127.0.0.1:{free_port()}"},
                       "submissions": {"bind": f"127.0.0.1:{free_port()}"}},
@@ -724,3 +725,16 @@ def test_outgoing_user_sends_only_as_the_configured_senders(dns_server, peers, t
         assert sink.messages[0]["rcpts"] == ["Bob.Smith@Far-Away.test"]
     finally:
         g.stop()
+
+
+def test_postmaster_without_a_domain_is_accepted(gate, sink):
+    """RFC 5321 4.5.1: RCPT TO:<postmaster> must be accepted (review of issue 5)."""
+    c = RawClient(gate.port())
+    c.reply()
+    c.cmd("EHLO mail.good.test")
+    c.cmd("MAIL FROM:<sender@good.test>")
+    assert c.cmd("RCPT TO:<Postmaster>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    c.send(message(to="postmaster") + b".\r\n")
+    assert c.reply()[0] == 250
+    assert sink.messages[0]["rcpts"] == ["postmaster@example.test"]
