@@ -207,12 +207,35 @@ def _read_settings(t: Table, base: Settings) -> Settings:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    backend: str = "sqlite"                   # sqlite (one gate) or redis (several nodes)
+    path: Path | None = None                  # sqlite: None = <state_dir>/state.db
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "mailsift:"
+    timeout: float = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The stateful protections' limits; 0 turns one off."""
+    ip_concurrency: int = 10                  # the contract's default: 10 per IP
+    ip_rate: int = 0                          # connections per IP per window (off by default)
+    ip_rate_window: float = 60.0
+    sender_rate: int = 0                      # messages per sender (or user) per minute
+    invalid_rcpt: int = 0                     # invalid RCPTs per IP per window, then 550
+    invalid_rcpt_window: float = 3600.0
+    outgoing_per_hour: int = 0                # per outgoing user
+    outgoing_per_day: int = 0
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     route: tuple[str, int]                   # destination host:port
     local_recipients: frozenset[str] | None  # None: every address of the domain
     settings: Settings
     recipient_settings: dict[str, Settings] = field(default_factory=dict)
+    verify_recipients: bool = False          # callout to the route before accepting a RCPT
 
     def settings_for(self, address: str) -> Settings:
         return self.recipient_settings.get(normalise_address(address), self.settings)
@@ -269,6 +292,8 @@ class GateConfig:
     outgoing_settings: Settings = Settings()
     relay_timeout: float = 60.0
     decision_log: Path | None = None          # None: <state_dir>/decisions.jsonl
+    state: StateConfig = StateConfig()        # the stateful protections' store
+    limits: Limits = Limits()
 
     def domain_of(self, address: str) -> Domain | None:
         d = normalise_address(address).rpartition("@")[2]
@@ -409,6 +434,7 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         # tempfail every message (review of issue 5).
         route = one.take("route", str, required=True)
         local = one.strings("local_recipients", None)
+        verify = one.take("verify_recipients", bool, False)
         settings = _read_settings(one.sub("filtering"), filtering)
         per_rcpt = {}
         rt = one.sub("recipients")
@@ -420,7 +446,7 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         one.done()
         domains[lname] = Domain(
             name=lname,
-            route=_hostport(route, f"{key}.route", 25),
+            route=_hostport(route, f"{key}.route", 25), verify_recipients=verify,
             local_recipients=None if local is None else frozenset(
                 normalise_address(x if "@" in x else f"{x}@{lname}") for x in local),
             settings=settings, recipient_settings=per_rcpt)
@@ -445,6 +471,26 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
     ot.done()
     kw["users"] = users
 
+    st = top.sub("state")
+    backend = st.take("backend", str, "sqlite")
+    if backend not in ("sqlite", "redis"):
+        raise ConfigError(f"state.backend: sqlite or redis, got {backend!r}")
+    kw["state"] = StateConfig(backend=backend, path=path(st.take("path", str)),
+                              redis_url=st.take("redis_url", str, StateConfig.redis_url),
+                              redis_prefix=st.take("redis_prefix", str, StateConfig.redis_prefix),
+                              timeout=st.take("timeout", float, 0.5, lo=0.01, hi=30.0))
+    st.done()
+    lt = top.sub("limits")
+    kw["limits"] = Limits(
+        ip_concurrency=lt.take("ip_concurrency", int, 10, lo=0, hi=100_000),
+        ip_rate=lt.take("ip_rate", int, 0, lo=0, hi=10_000_000),
+        ip_rate_window=lt.take("ip_rate_window", float, 60.0, lo=1.0, hi=86400.0),
+        sender_rate=lt.take("sender_rate", int, 0, lo=0, hi=10_000_000),
+        invalid_rcpt=lt.take("invalid_rcpt", int, 0, lo=0, hi=10_000_000),
+        invalid_rcpt_window=lt.take("invalid_rcpt_window", float, 3600.0, lo=1.0, hi=7 * 86400.0),
+        outgoing_per_hour=lt.take("outgoing_per_hour", int, 0, lo=0, hi=10_000_000),
+        outgoing_per_day=lt.take("outgoing_per_day", int, 0, lo=0, hi=10_000_000))
+    lt.done()
     top.done()
     pm = kw["postmaster"]
     if pm is not None and (normalise_address(pm).rpartition("@")[2] not in domains):

@@ -37,6 +37,8 @@ from .checks import ptr as ptr_mod
 from .checks import spf_fail as spf_mod
 from .checks.bad_header_count import bad_header_count
 from .checks.date_skew import date_skew
+from .checks.destination_verification import destination_verification
+from .checks.destination_verification import verify as verify_destination
 from .checks.header_too_long import header_too_long
 from .checks.invalid_helo import invalid_helo
 from .checks.line_too_long import line_too_long
@@ -82,6 +84,7 @@ class Conn:
     deferred: list[CheckResult] = field(default_factory=list)
     user: str | None = None
     tls: bool = False
+    lease: str | None = None      # the concurrency lease this connection holds
 
     @property
     def submission(self) -> bool:
@@ -144,7 +147,7 @@ class Gate:
 
     def __init__(self, config: GateConfig, *, resolver: Resolver, scorer: AsyncRemoteScorer,
                  delivery: Delivery, quarantine: Quarantine, decisions: DecisionLog,
-                 clock=time.time):
+                 clock=time.time, state=None):
         self.cfg = config
         self.resolver = resolver
         self.scorer = scorer
@@ -152,6 +155,8 @@ class Gate:
         self.quarantine = quarantine
         self.decisions = decisions
         self.clock = clock
+        self.state = state            # smtpgate.state.StateStore: the stateful protections
+        self.limits = config.limits
         # pyspf is synchronous: each evaluation holds a thread while it waits for DNS.
         # Its own pool, sized for many concurrent connections, keeps SPF from starving
         # the loop's default executor (password hashing) and vice versa.
@@ -214,6 +219,15 @@ class Gate:
             conn.user = name
             return AuthResult(success=True, auth_data=auth_data)
         return AuthResult(success=False, handled=False)
+
+    async def on_disconnect(self, session) -> None:
+        """The connection is gone: give its concurrency lease back."""
+        conn = getattr(session, "gate", None)
+        if conn is not None and conn.lease and self.state is not None:
+            try:
+                await self.state.release(conn.lease, conn.id)
+            except Exception:   # the lease lapses on its own (ttl)
+                log.warning("could not release the lease of %s", conn.id, exc_info=True)
 
     @_guarded("connect")
     async def handle_CONNECT(self, server, session) -> str | None:
@@ -281,6 +295,7 @@ class Gate:
         except _Reply as r:
             return r.reply
         if result is not None:
+            await self._count_invalid(conn, result)
             reply = result.reply()
             if result.row.action == "discard":   # blackhole: 250 now, delivered nowhere
                 txn.blackholed.append((rcpt, result))
@@ -354,6 +369,11 @@ class Gate:
                               **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
                 return reply
             reply = row.reply()
+            if conn.user is not None and self.state is not None:
+                for limit, window in ((self.limits.outgoing_per_hour, 3600.0),
+                                      (self.limits.outgoing_per_day, 86400.0)):
+                    if limit:
+                        await self.state.hit(f"quota:{window:g}:{conn.user}", window)
             try:
                 for rcpt in txn.rcpts:
                     refused = d.refused.get(rcpt)
@@ -402,6 +422,39 @@ class Gate:
     # ------------------------------------------------------------------------------
     # connect
     # ------------------------------------------------------------------------------
+    async def connect_ip_concurrency_limit(self, conn: Conn):
+        limit = self.limits.ip_concurrency
+        if not limit or self.state is None:
+            return None
+        key = f"conc:{conn.client_ip}"
+        # A lease lapses if its node dies; a live connection renews it at each command
+        # (``_renew``), and no command waits longer than the command timeout.
+        if await self.state.acquire(key, conn.id, limit, self._lease_ttl):
+            conn.lease = key
+            return None
+        return CheckResult("ip_concurrency_limit", "ip_concurrency_limit",
+                           f"{conn.client_ip} already has {limit} connections open",
+                           details={"limit": limit})
+
+    @property
+    def _lease_ttl(self) -> float:
+        return 2 * self.cfg.command_timeout + 60
+
+    async def _renew(self, conn: Conn) -> None:
+        if conn.lease and self.state is not None:
+            await self.state.renew(conn.lease, conn.id, self._lease_ttl)
+
+    async def connect_ip_rate_limit(self, conn: Conn):
+        limit, window = self.limits.ip_rate, self.limits.ip_rate_window
+        if not limit or self.state is None:
+            return None
+        n = await self.state.hit(f"rate:ip:{window:g}:{conn.client_ip}", window)
+        if n > limit:
+            return CheckResult("ip_rate_limit", "ip_rate_limit",
+                               f"{conn.client_ip}: {n} connections in {window:g} s (limit {limit})",
+                               details={"count": n, "limit": limit, "window_s": window})
+        return None
+
     async def connect_ip_blacklisted(self, conn: Conn):
         try:
             ip = ipaddress.ip_address(conn.client_ip)
@@ -459,6 +512,30 @@ class Gate:
             raise _Reply("553 5.7.1 Sender address not owned by the authenticated user")
         return None
 
+    async def mail_outgoing_quota(self, conn: Conn, txn: Txn):
+        if conn.user is None or self.state is None:
+            return None
+        await self._renew(conn)
+        for limit, window, what in ((self.limits.outgoing_per_hour, 3600.0, "hour"),
+                                    (self.limits.outgoing_per_day, 86400.0, "day")):
+            if limit and await self.state.count(f"quota:{window:g}:{conn.user}", window) >= limit:
+                return CheckResult("outgoing_quota", "outgoing_quota",
+                                   f"{conn.user} has sent {limit} messages this {what}",
+                                   details={"limit": limit, "window_s": window})
+        return None
+
+    async def mail_sender_rate_limit(self, conn: Conn, txn: Txn):
+        limit = self.limits.sender_rate
+        who = conn.user or txn.mail_from
+        if not limit or self.state is None or not who:
+            return None
+        n = await self.state.hit(f"rate:sender:60:{who.lower()}", 60.0)
+        if n > limit:
+            return CheckResult("sender_rate_limit", "sender_rate_limit",
+                               f"{who}: {n} messages in the last minute (limit {limit})",
+                               details={"count": n, "limit": limit})
+        return None
+
     async def mail_sender_blacklisted(self, conn: Conn, txn: Txn):
         hit = txn.mail_from and address_matches(txn.mail_from, self.cfg.sender_blacklist)
         if hit:
@@ -487,6 +564,32 @@ class Gate:
             return self.cfg.outgoing_settings
         domain = self.cfg.domain_of(rcpt)
         return domain.settings_for(rcpt) if domain else self.cfg.filtering
+
+    async def rcpt_too_many_invalid_recipients(self, conn: Conn, txn: Txn, rcpt):
+        limit, window = self.limits.invalid_rcpt, self.limits.invalid_rcpt_window
+        if not limit or self.state is None:
+            return None
+        await self._renew(conn)
+        n = await self.state.count(f"invalid:{window:g}:{conn.client_ip}", window)
+        if n >= limit:
+            return CheckResult("too_many_invalid_recipients", "too_many_invalid_recipients",
+                               f"{conn.client_ip} tried {n} invalid addresses in {window:g} s (limit {limit})",
+                               details={"count": n, "limit": limit, "window_s": window})
+        return None
+
+    async def _count_invalid(self, conn: Conn, result: CheckResult) -> None:
+        if (self.limits.invalid_rcpt and self.state is not None and result.classification in
+                ("destination_not_configured", "destination_does_not_exist")):
+            window = self.limits.invalid_rcpt_window
+            await self.state.hit(f"invalid:{window:g}:{conn.client_ip}", window)
+
+    async def rcpt_destination_verification(self, conn: Conn, txn, rcpt):
+        domain = None if conn.submission else self.cfg.domain_of(rcpt)
+        if domain is None or not domain.verify_recipients or self.state is None:
+            return None
+        answer = await verify_destination(self.state, domain.route, rcpt, helo=self.cfg.hostname,
+                                          timeout=self.cfg.relay_timeout)
+        return destination_verification(answer, rcpt, domain.route)
 
     async def rcpt_too_many_recipients(self, conn, txn: Txn, rcpt):
         if len(txn.rcpts) + len(txn.blackholed) >= self.cfg.max_recipients:

@@ -14,16 +14,17 @@ This table is the whole order of the gate; the checks themselves live one per mo
   Postfix's smtpd_delay_reject does. A result the whitelist cannot bypass is answered at
   once, in its own phase.
 
-The stateful protections (issue #6) go into this table as steps of their own:
-``ip_concurrency_limit`` and ``ip_rate_limit`` at connect, ``auth_denied`` at AUTH,
-``sender_rate_limit`` and ``outgoing_quota`` at MAIL, ``too_many_invalid_recipients``,
-``destination_unverified``/``destination_does_not_exist`` and ``greylisted`` at RCPT.
+The stateful protections (issue #6) keep their state in ``smtpgate/state`` (SQLite, or
+Redis shared by several nodes). Still to come: ``auth_denied`` at AUTH and
+``greylisted`` at RCPT.
 """
 from __future__ import annotations
 
 POLICY: dict[str, tuple[str, ...]] = {
     # Before the greeting. PTR and DNSWL are facts for later steps and the scorer.
     "connect": (
+        "ip_concurrency_limit",      # leases across every node sharing the store: 421 at once
+        "ip_rate_limit",             # connections per window; deferred (a whitelist bypasses it)
         "ip_blacklisted",            # the administrator's IP blacklist: 554, no bypass
         "dnsbl",                     # dnsbl_multiple (deferred) and dnswl (a fact)
         "ptr",                       # forward-confirmed reverse DNS: a scorer fact
@@ -34,15 +35,19 @@ POLICY: dict[str, tuple[str, ...]] = {
     "mail": (
         "submission_auth_required",  # submission ports: AUTH first
         "sender_login_mismatch",     # an outgoing user sends only as the senders configured
+        "outgoing_quota",            # an outgoing user's messages per hour and per day
+        "sender_rate_limit",         # messages per sender per minute; deferred
         "sender_blacklisted",        # the administrator's sender blacklist
         "spf_fail",                  # deferred
         "sender_missing_dns",        # deferred; a DNS timeout tempfails, deferred too
     ),
     "rcpt": (
+        "too_many_invalid_recipients",  # this IP tried too many invalid addresses lately
         "too_many_recipients",       # RFC 5321 4.5.3.1.8: 452, the client sends the rest later
         "restricted_address_chars",
         "relay_not_permitted",       # inbound: only our domains; submission: any, once authenticated
         "destination_not_configured",  # the domain's Local Recipients list
+        "destination_verification",  # callout to the route (domains with verify_recipients)
         "null_sender_multiple_rcpt",
         "blackhole",                 # 250, and delivered nowhere
         "domain_sender_blacklisted",  # the recipient domain's own sender blacklist

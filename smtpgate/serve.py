@@ -69,6 +69,23 @@ def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> tuple[subprocess.Po
     return proc, workers or list(cfg.scorer_addresses)
 
 
+async def open_store(cfg: GateConfig, clock):
+    """The stateful protections' store, as ``[state]`` says: SQLite in the state dir (one
+    gate) or a Redis shared by several gate nodes."""
+    s = cfg.state
+    if s.backend == "redis":
+        from .state import RedisStore
+
+        store = RedisStore(s.redis_url, prefix=s.redis_prefix, timeout_s=s.timeout, clock=clock)
+    else:
+        from .state import SqliteStore
+
+        store = SqliteStore(s.path or cfg.state_dir / "state.db", clock=clock)
+    await store.open()
+    await store.ping()
+    return store
+
+
 class GateServer:
     def __init__(self, cfg: GateConfig):
         self.cfg = cfg
@@ -94,6 +111,8 @@ class GateServer:
         self.gate = Gate(cfg, resolver=resolver, scorer=self.scorer,
                          delivery=SmtpRelay(cfg.hostname, cfg.relay_timeout),
                          quarantine=Quarantine(cfg.state_dir / "quarantine"), decisions=self.decisions)
+        # the store reads the gate's clock, so a test that injects one moves both
+        self.gate.state = await open_store(cfg, clock=lambda: self.gate.clock())
         tls = self._tls()
         loop = asyncio.get_running_loop()
         for listener in cfg.listeners:
@@ -129,6 +148,8 @@ class GateServer:
             await self.scorer.close()
         if self.gate is not None:
             self.gate.close()
+            if self.gate.state is not None:
+                await self.gate.state.close()
         if self.decisions is not None:
             self.decisions.close()
 

@@ -113,6 +113,13 @@ class GateSMTP(SMTP):
             conn.helo = ""
             self.session.gate = conn
 
+    def connection_lost(self, error) -> None:
+        # the handler gives back what the connection held (its concurrency lease)
+        on_disconnect = getattr(self.event_handler, "on_disconnect", None)
+        if on_disconnect is not None and self.session is not None:
+            self.loop.create_task(on_disconnect(self.session))
+        super().connection_lost(error)
+
     # -- the connect phase ---------------------------------------------------------
     async def _handle_client(self) -> None:
         refusal = await self.event_handler.handle_CONNECT(self, self.session)

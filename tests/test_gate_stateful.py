@@ -1,0 +1,177 @@
+"""The stateful protections through real SMTP conversations, with each backend of the
+state store (SQLite; a real redis-server on loopback), time moved by an injected clock:
+ip_concurrency_limit, ip_rate_limit, sender_rate_limit, too_many_invalid_recipients,
+outgoing_quota, destination verification by callout; and two gate nodes sharing one
+Redis enforcing one concurrency limit and one rate limit."""
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+
+import gate_zones as z
+from gate_harness import GateThread, RawClient
+from test_gate_smtp import PASSWORD, _client_tls, assert_logged, decision, gate_config, message, reply, send, split
+
+pytest_plugins = ["state_fixtures"]
+
+
+class Clock:
+    def __init__(self):
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _gate_factory(backend: str, request, dns_server, tmp_path):
+    """Build gates with given [limits] on ``backend``; they are stopped afterwards."""
+    from gate_harness import ScriptedScorer, Sink
+
+    sink, scorer = Sink().start(), ScriptedScorer().start()
+    gates = []
+    redis_url = request.getfixturevalue("redis_server").url if backend == "redis" else None
+    prefix = f"t{time.monotonic_ns()}:"
+
+    def make(limits: dict, clock=None, domains: dict | None = None, name="g"):
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        cfg = gate_config(dns_server, sink, scorer, {"gate": {"state_dir": str(d)}, "limits": limits})
+        cfg["domains"].update(domains or {})
+        if redis_url:
+            cfg["state"] = {"backend": "redis", "redis_url": redis_url, "redis_prefix": prefix}
+        g = GateThread(cfg, d, clock=clock).start()
+        gates.append(g)
+        return g
+
+    make.sink = sink
+
+    def stop():
+        for g in gates:
+            g.stop()
+        sink.stop()
+        scorer.stop()
+    return make, stop
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_gate(request, dns_server, tmp_path):
+    make, stop = _gate_factory(request.param, request, dns_server, tmp_path)
+    yield make
+    stop()
+
+
+@pytest.fixture
+def make_redis_gate(request, dns_server, tmp_path):
+    """Gates sharing one Redis: several nodes behind one MX."""
+    make, stop = _gate_factory("redis", request, dns_server, tmp_path)
+    yield make
+    stop()
+
+
+def test_ip_concurrency_limit(make_gate):
+    g = make_gate({"ip_concurrency": 2})
+    first, second = RawClient(g.port()), RawClient(g.port())
+    assert first.reply()[0] == second.reply()[0] == 220
+    third = RawClient(g.port())
+    assert third.reply() == split(reply("ip_concurrency_limit"))
+    assert third.closed()
+    assert_logged(decision(g, classification="ip_concurrency_limit"), "ip_concurrency_limit")
+    first.cmd("QUIT")
+    first.close()
+    for _ in range(50):                  # the lease goes back when the connection ends
+        c = RawClient(g.port())
+        code, _ = c.reply()
+        c.close()
+        if code == 220:
+            break
+        time.sleep(0.05)
+    assert code == 220
+
+
+def test_ip_rate_limit_is_deferred_so_the_whitelist_can_bypass_it(make_gate):
+    clock = Clock()
+    g = make_gate({"ip_rate": 3, "ip_rate_window": 60}, clock=clock)
+    for _ in range(3):
+        assert send(g, message())[2][0] == 250
+    _, rr, _ = send(g, message())
+    assert (rr[0][0], rr[0][1].decode()) == split(reply("ip_rate_limit"))
+    assert_logged(decision(g, classification="ip_rate_limit"), "ip_rate_limit")
+    # friend@good.test is on local.test's sender whitelist
+    assert send(g, message(frm="friend@good.test"), mail_from="friend@good.test")[2] == split(reply("whitelisted"))
+    clock.t += 61                      # the window has passed
+    assert send(g, message())[2][0] == 250
+
+
+def test_sender_rate_limit(make_gate):
+    clock = Clock()
+    g = make_gate({"sender_rate": 2}, clock=clock)
+    for _ in range(2):
+        assert send(g, message(frm="busy@good.test"), mail_from="busy@good.test")[2][0] == 250
+    _, rr, _ = send(g, message(frm="busy@good.test"), mail_from="busy@good.test")
+    assert (rr[0][0], rr[0][1].decode()) == split(reply("sender_rate_limit"))
+    assert send(g, message())[2][0] == 250          # another sender is not limited
+    clock.t += 61
+    assert send(g, message(frm="busy@good.test"), mail_from="busy@good.test")[2][0] == 250
+
+
+def test_too_many_invalid_recipients(make_gate):
+    clock = Clock()
+    g = make_gate({"invalid_rcpt": 2, "invalid_rcpt_window": 3600}, clock=clock)
+    _, rr, _ = send(g, message(), rcpts=("nobody1@local.test", "nobody2@local.test", "alice@local.test"))
+    assert [c for c, _ in rr] == [550, 550, 550]
+    assert (rr[2][0], rr[2][1].decode()) == split(reply("too_many_invalid_recipients"))
+    assert_logged(decision(g, classification="too_many_invalid_recipients"), "too_many_invalid_recipients")
+    clock.t += 3601
+    assert send(g, message())[2][0] == 250
+
+
+def test_outgoing_quota(make_gate):
+    clock = Clock()
+    g = make_gate({"outgoing_per_hour": 2}, clock=clock)
+
+    def submit():
+        with smtplib.SMTP_SSL("127.0.0.1", g.port("submissions"), context=_client_tls(), timeout=10) as s:
+            s.ehlo("laptop")
+            s.login("alice@example.test", PASSWORD)
+            code, text = s.mail("alice@example.test")
+            if code != 250:
+                return code, text.decode()
+            s.rcpt("x@far-away.test")
+            return s.data(message(frm="alice@example.test", to="x@far-away.test"))[0], ""
+
+    assert submit()[0] == 250 and submit()[0] == 250
+    assert submit() == split(reply("outgoing_quota"))
+    assert_logged(decision(g, classification="outgoing_quota"), "outgoing_quota")
+    clock.t += 3601
+    assert submit()[0] == 250
+
+
+def test_destination_verification_by_callout(make_gate):
+    g = make_gate({}, domains={"verify.test": {"route": f"127.0.0.1:{make_gate.sink.port}",
+                                               "verify_recipients": True}})
+    _, rr, data = send(g, message(), rcpts=("alice@verify.test", "reject-x@verify.test", "tempfail-y@verify.test"))
+    assert rr[0][0] == 250
+    assert (rr[1][0], rr[1][1].decode()) == split(reply("destination_does_not_exist"))
+    assert (rr[2][0], rr[2][1].decode()) == split(reply("destination_unverified"))
+    assert data[0] == 250
+    assert_logged(decision(g, rcpt="reject-x@verify.test", classification="destination_does_not_exist"),
+                  "destination_does_not_exist")
+
+
+def test_two_nodes_sharing_redis_enforce_one_limit(make_redis_gate):
+    a = make_redis_gate({"ip_concurrency": 2, "ip_rate": 4, "ip_rate_window": 60}, name="a")
+    b = make_redis_gate({"ip_concurrency": 2, "ip_rate": 4, "ip_rate_window": 60}, name="b")
+    ca, cb = RawClient(a.port(), source=z.IP_GOOD), RawClient(b.port(), source=z.IP_GOOD)
+    assert ca.reply()[0] == cb.reply()[0] == 220
+    third = RawClient(b.port(), source=z.IP_GOOD)
+    assert third.reply() == split(reply("ip_concurrency_limit"))   # counted across both nodes
+    for c in (ca, cb, third):
+        c.close()
+    time.sleep(0.3)
+    # 2 connections counted above (the refused one made no hit) + 2 more = the limit of 4
+    assert send(a, message())[2][0] == 250
+    assert send(b, message())[2][0] == 250
+    _, rr, _ = send(a, message())
+    assert rr[0][0] == 421                                           # the 5th, on either node
