@@ -226,6 +226,9 @@ class Limits:
     invalid_rcpt_window: float = 3600.0
     outgoing_per_hour: int = 0                # per outgoing user
     outgoing_per_day: int = 0
+    auth_failures: int = 5                    # failed AUTHs per IP or per user in auth_window
+    auth_window: float = 600.0                # (Postfix anvil's default rate time unit is 60 s;
+    auth_lockout: float = 900.0               # fail2ban's postfix-sasl jail: 5 in 10 min, 15 min ban)
 
 
 @dataclass(frozen=True)
@@ -489,7 +492,10 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         invalid_rcpt=lt.take("invalid_rcpt", int, 0, lo=0, hi=10_000_000),
         invalid_rcpt_window=lt.take("invalid_rcpt_window", float, 3600.0, lo=1.0, hi=7 * 86400.0),
         outgoing_per_hour=lt.take("outgoing_per_hour", int, 0, lo=0, hi=10_000_000),
-        outgoing_per_day=lt.take("outgoing_per_day", int, 0, lo=0, hi=10_000_000))
+        outgoing_per_day=lt.take("outgoing_per_day", int, 0, lo=0, hi=10_000_000),
+        auth_failures=lt.take("auth_failures", int, 5, lo=0, hi=10_000),
+        auth_window=lt.take("auth_window", float, 600.0, lo=1.0, hi=86400.0),
+        auth_lockout=lt.take("auth_lockout", float, 900.0, lo=1.0, hi=7 * 86400.0))
     lt.done()
     top.done()
     pm = kw["postmaster"]

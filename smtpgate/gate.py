@@ -209,6 +209,13 @@ class Gate:
         check runs in a thread: it takes ~0.1 s on purpose and must not stall the loop."""
         conn: Conn = session.gate
         name = auth_data.login.decode("utf-8", "replace")
+        denied = await self._auth_locked(conn, name)
+        if denied is not None:
+            # Locked out: the password is not even checked, so the answer cannot tell a
+            # guesser whether it was right.
+            reply = denied.reply()
+            self._log(conn, None, denied, "auth_denied", reply, "auth")
+            return AuthResult(success=False, handled=False, message=reply)
         user = self.cfg.users.get(name)
         ok = False
         if user is not None:
@@ -218,7 +225,32 @@ class Gate:
         if ok:
             conn.user = name
             return AuthResult(success=True, auth_data=auth_data)
+        await self._auth_failed(conn, name)
         return AuthResult(success=False, handled=False)
+
+    def _auth_keys(self, conn: Conn, name: str) -> list[tuple[str, str]]:
+        return [("ip", conn.client_ip), ("user", name.lower())]
+
+    async def _auth_locked(self, conn: Conn, name: str) -> CheckResult | None:
+        if not self.limits.auth_failures or self.state is None:
+            return None
+        for kind, who in self._auth_keys(conn, name):
+            if await self.state.get(f"lock:auth:{kind}:{who}") is not None:
+                return CheckResult("auth_denied", "auth_denied",
+                                   f"{kind} {who} is locked out after {self.limits.auth_failures} failed"
+                                   f" AUTH attempts in {self.limits.auth_window:g} s",
+                                   details={"locked": kind, "login": name})
+        return None
+
+    async def _auth_failed(self, conn: Conn, name: str) -> None:
+        """Count a failed AUTH per IP and per user; at the limit, lock that one out."""
+        lim = self.limits
+        if not lim.auth_failures or self.state is None:
+            return
+        for kind, who in self._auth_keys(conn, name):
+            n = await self.state.hit(f"authfail:{kind}:{lim.auth_window:g}:{who}", lim.auth_window)
+            if n >= lim.auth_failures:
+                await self.state.set(f"lock:auth:{kind}:{who}", "1", lim.auth_lockout)
 
     async def on_disconnect(self, session) -> None:
         """The connection is gone: give its concurrency lease back."""

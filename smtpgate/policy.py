@@ -15,8 +15,8 @@ This table is the whole order of the gate; the checks themselves live one per mo
   once, in its own phase.
 
 The stateful protections (issue #6) keep their state in ``smtpgate/state`` (SQLite, or
-Redis shared by several nodes). Still to come: ``auth_denied`` at AUTH and
-``greylisted`` at RCPT.
+Redis shared by several nodes). ``auth_denied`` is not a step: AUTH is its own command,
+checked in ``Gate.authenticate``. Still to come: ``greylisted`` at RCPT.
 """
 from __future__ import annotations
 

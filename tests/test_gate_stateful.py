@@ -5,6 +5,7 @@ outgoing_quota, destination verification by callout; and two gate nodes sharing 
 Redis enforcing one concurrency limit and one rate limit."""
 from __future__ import annotations
 
+import base64
 import smtplib
 import time
 
@@ -175,3 +176,27 @@ def test_two_nodes_sharing_redis_enforce_one_limit(make_redis_gate):
     assert send(b, message())[2][0] == 250
     _, rr, _ = send(a, message())
     assert rr[0][0] == 421                                           # the 5th, on either node
+
+
+def test_auth_lockout_per_ip_and_per_user_without_revealing_the_password(make_gate):
+    clock = Clock()
+    g = make_gate({"auth_failures": 3, "auth_window": 600, "auth_lockout": 900}, clock=clock)
+
+    def login(password, source=z.IP_GOOD):
+        with smtplib.SMTP_SSL("127.0.0.1", g.port("submissions"), context=_client_tls(), timeout=10,
+                              source_address=(source, 0)) as s:
+            s.ehlo("laptop")
+            # one mechanism per attempt: smtplib's login() would try LOGIN after PLAIN
+            plain = base64.b64encode(f"\0alice@example.test\0{password}".encode()).decode()
+            code, text = s.docmd("AUTH", "PLAIN " + plain)
+            return code, text.decode()
+
+    for _ in range(3):
+        assert login("wrong")[0] == 535
+    locked = split(reply("auth_denied"))
+    assert login(PASSWORD) == locked                 # the right password, same answer
+    assert login("wrong") == locked
+    assert login(PASSWORD, source=z.IP_NO_PTR) == locked   # the user is locked from any IP
+    assert_logged(decision(g, classification="auth_denied"), "auth_denied")
+    clock.t += 901
+    assert login(PASSWORD)[0] == 235                 # after the lockout, right works again
