@@ -296,6 +296,7 @@ class GateConfig:
     relay_timeout: float = 60.0
     decision_log: Path | None = None          # None: <state_dir>/decisions.jsonl
     state: StateConfig = StateConfig()        # the stateful protections' store
+    greylist: "GreylistSettings | None" = None  # None: greylisting off
     limits: Limits = Limits()
 
     def domain_of(self, address: str) -> Domain | None:
@@ -497,6 +498,16 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         auth_window=lt.take("auth_window", float, 600.0, lo=1.0, hi=86400.0),
         auth_lockout=lt.take("auth_lockout", float, 900.0, lo=1.0, hi=7 * 86400.0))
     lt.done()
+    gt = top.sub("greylist")
+    from .checks.greylisted import GreylistSettings
+
+    if gt.take("enabled", bool, True):
+        kw["greylist"] = GreylistSettings(
+            min_delay=gt.take("min_delay", float, 300.0, lo=0.0, hi=86400.0),
+            retry_window=gt.take("retry_window", float, 86400.0, lo=60.0, hi=30 * 86400.0),
+            reputation_ttl=gt.take("reputation_days", float, 30.0, lo=1.0, hi=3650.0) * 86400.0,
+            learning_window=gt.take("learning_hours", float, 72.0, lo=0.0, hi=8760.0) * 3600.0)
+    gt.done()
     top.done()
     pm = kw["postmaster"]
     if pm is not None and (normalise_address(pm).rpartition("@")[2] not in domains):

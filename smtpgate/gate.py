@@ -39,6 +39,7 @@ from .checks.bad_header_count import bad_header_count
 from .checks.date_skew import date_skew
 from .checks.destination_verification import destination_verification
 from .checks.destination_verification import verify as verify_destination
+from .checks.greylisted import add_reputation, greylisted, network_of
 from .checks.header_too_long import header_too_long
 from .checks.invalid_helo import invalid_helo
 from .checks.line_too_long import line_too_long
@@ -401,6 +402,11 @@ class Gate:
                               **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
                 return reply
             reply = row.reply()
+            if (self.cfg.greylist is not None and self.state is not None and not conn.submission
+                    and result.classification in ("not_spam", "dnswl")):
+                # ham delivered from this network: it needs no greylisting from now on
+                await add_reputation(self.state, network_of(conn.client_ip, conn.ptr, conn.ptr_name),
+                                     self.cfg.greylist)
             if conn.user is not None and self.state is not None:
                 for limit, window in ((self.limits.outgoing_per_hour, 3600.0),
                                       (self.limits.outgoing_per_day, 86400.0)):
@@ -688,6 +694,14 @@ class Gate:
                 return r
             txn.bypass(r)
         return None
+
+    async def rcpt_greylisted(self, conn: Conn, txn: Txn, rcpt):
+        g = self.cfg.greylist
+        if (g is None or self.state is None or conn.submission or txn.whitelisted is not None
+                or conn.dnswl_result is not None):
+            return None
+        return await greylisted(self.state, network=network_of(conn.client_ip, conn.ptr, conn.ptr_name),
+                                sender=txn.mail_from, rcpt=rcpt, now=self.clock(), settings=g)
 
     async def rcpt_split_delivery(self, conn: Conn, txn: Txn, rcpt):
         settings = self._rcpt_settings(conn, rcpt)

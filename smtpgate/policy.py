@@ -16,7 +16,7 @@ This table is the whole order of the gate; the checks themselves live one per mo
 
 The stateful protections (issue #6) keep their state in ``smtpgate/state`` (SQLite, or
 Redis shared by several nodes). ``auth_denied`` is not a step: AUTH is its own command,
-checked in ``Gate.authenticate``. Still to come: ``greylisted`` at RCPT.
+checked in ``Gate.authenticate``.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ POLICY: dict[str, tuple[str, ...]] = {
         "domain_sender_blacklisted",  # the recipient domain's own sender blacklist
         "whitelisted",               # the recipient's sender whitelist: bypasses what may be bypassed
         "deferred",                  # what connect/HELO/MAIL found, unless whitelisted
+        "greylisted",                # a network with no reputation yet: 451, then pass on retry
         "split_delivery",            # the first accepted recipient fixes the settings
     ),
     # At the end of DATA, for the whole transaction (its recipients share settings).

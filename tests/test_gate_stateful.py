@@ -35,13 +35,18 @@ def _gate_factory(backend: str, request, dns_server, tmp_path):
     redis_url = request.getfixturevalue("redis_server").url if backend == "redis" else None
     prefix = f"t{time.monotonic_ns()}:"
 
-    def make(limits: dict, clock=None, domains: dict | None = None, name="g"):
+    def make(limits: dict, clock=None, domains: dict | None = None, name="g", greylist: dict | None = None,
+             namespace: str | None = None):
+        """``namespace``: gates given the same one share their Redis state (nodes of one
+        installation); by default each gate has its own."""
         d = tmp_path / name
         d.mkdir(exist_ok=True)
-        cfg = gate_config(dns_server, sink, scorer, {"gate": {"state_dir": str(d)}, "limits": limits})
+        cfg = gate_config(dns_server, sink, scorer, {"gate": {"state_dir": str(d)}, "limits": limits,
+                                                     "greylist": greylist or {}})
         cfg["domains"].update(domains or {})
         if redis_url:
-            cfg["state"] = {"backend": "redis", "redis_url": redis_url, "redis_prefix": prefix}
+            cfg["state"] = {"backend": "redis", "redis_url": redis_url,
+                            "redis_prefix": f"{prefix}{namespace or name}:"}
         g = GateThread(cfg, d, clock=clock).start()
         gates.append(g)
         return g
@@ -162,8 +167,8 @@ def test_destination_verification_by_callout(make_gate):
 
 
 def test_two_nodes_sharing_redis_enforce_one_limit(make_redis_gate):
-    a = make_redis_gate({"ip_concurrency": 2, "ip_rate": 4, "ip_rate_window": 60}, name="a")
-    b = make_redis_gate({"ip_concurrency": 2, "ip_rate": 4, "ip_rate_window": 60}, name="b")
+    a = make_redis_gate({"ip_concurrency": 2, "ip_rate": 4, "ip_rate_window": 60}, name="a", namespace="mx")
+    b = make_redis_gate({"ip_concurrency": 2, "ip_rate": 4, "ip_rate_window": 60}, name="b", namespace="mx")
     ca, cb = RawClient(a.port(), source=z.IP_GOOD), RawClient(b.port(), source=z.IP_GOOD)
     assert ca.reply()[0] == cb.reply()[0] == 220
     third = RawClient(b.port(), source=z.IP_GOOD)
@@ -200,3 +205,43 @@ def test_auth_lockout_per_ip_and_per_user_without_revealing_the_password(make_ga
     assert_logged(decision(g, classification="auth_denied"), "auth_denied")
     clock.t += 901
     assert login(PASSWORD)[0] == 235                 # after the lockout, right works again
+
+
+def test_greylisting_by_reputation(make_gate):
+    clock = Clock()
+    # a new installation learns for 72 h and delays nothing
+    learning = make_gate({}, clock=clock, name="learning")
+    assert send(learning, message(), source=z.IP_NO_PTR)[2][0] == 250
+
+    g = make_gate({}, clock=clock, name="live", greylist={"learning_hours": 0, "min_delay": 300})
+    greylisted = split(reply("greylisted"))
+    _, rr, _ = send(g, message(), source=z.IP_NO_PTR)
+    assert (rr[0][0], rr[0][1].decode()) == greylisted
+    d = decision(g, classification="greylisted")
+    assert_logged(d, "greylisted")
+    assert d["evidence"][0]["details"]["network"] == "net:127.0.0.0/24"
+    clock.t += 60                                    # too early: delayed again
+    _, rr, _ = send(g, message(), source=z.IP_NO_PTR)
+    assert (rr[0][0], rr[0][1].decode()) == greylisted
+    clock.t += 250                                   # past the minimum delay, retried from
+    _, _, data = send(g, message(), source=z.IP_ERROR_CODE)   # another address of the /24
+    assert data[0] == 250
+    # the network has a reputation now: a new sender and recipient pass at once
+    _, _, data = send(g, message(frm="other@good.test"), mail_from="other@good.test",
+                      rcpts=("carol@local.test",), source=z.IP_NO_PTR)
+    assert data[0] == 250
+    # a whitelisted sender from a network without reputation is never delayed
+    _, _, data = send(g, message(frm="friend@good.test"), mail_from="friend@good.test", source=z.IP_GOOD)
+    assert data == split(reply("whitelisted"))
+
+
+def test_two_nodes_sharing_redis_share_one_greylist(make_redis_gate):
+    clock = Clock()
+    grey = {"learning_hours": 0, "min_delay": 300}
+    a = make_redis_gate({}, clock=clock, name="a", namespace="mx", greylist=grey)
+    b = make_redis_gate({}, clock=clock, name="b", namespace="mx", greylist=grey)
+    _, rr, _ = send(a, message(), source=z.IP_NO_PTR)
+    assert (rr[0][0], rr[0][1].decode()) == split(reply("greylisted"))
+    clock.t += 301                                  # the sender's retry reaches the other node
+    assert send(b, message(), source=z.IP_NO_PTR)[2][0] == 250
+    assert send(a, message(), rcpts=("carol@local.test",), source=z.IP_NO_PTR)[2][0] == 250
