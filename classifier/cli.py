@@ -106,6 +106,56 @@ def _gate_passwd(a) -> int:
     return 0
 
 
+def _gate_user(a) -> int:
+    import asyncio
+    import getpass
+    import time
+
+    from smtpgate.auth import hash_password
+    from smtpgate.config import User
+    from smtpgate.serve import open_store
+    from smtpgate.state import StateUnavailable
+    from smtpgate.users import delete_user, list_users, put_user
+
+    cfg = _gate_config(a)
+    if cfg is None:
+        return 2
+    if a.action != "list" and not a.name:
+        print("mailsift: a user name is needed", file=sys.stderr)
+        return 2
+    password = None
+    if a.action == "add":
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            print("mailsift: empty password", file=sys.stderr)
+            return 2
+
+    async def run() -> int:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(cfg, clock=time.time)
+        try:
+            if a.action == "add":
+                await put_user(store, User(a.name, hash_password(password), tuple(a.senders)))
+                print(f"added {a.name}")
+            elif a.action == "del":
+                if not await delete_user(store, a.name):
+                    print(f"mailsift: no user {a.name}", file=sys.stderr)
+                    return 1
+                print(f"deleted {a.name}")
+            else:
+                for name in await list_users(store):
+                    print(name)
+            return 0
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StateUnavailable as exc:
+        print(f"mailsift: state store: {exc}", file=sys.stderr)
+        return 1
+
+
 def _read_message(path: str) -> bytes:
     return sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
 
@@ -282,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_gate_check)
     g = gsub.add_parser("passwd", help="hash a submission user's password (read from stdin or asked)")
     g.set_defaults(func=_gate_passwd)
+    g = gsub.add_parser("user", help="outgoing users in the gate's state store (every node sees them)")
+    g.add_argument("action", choices=["add", "del", "list"])
+    g.add_argument("name", nargs="?")
+    g.add_argument("--senders", nargs="*", default=[], help="MAIL FROM patterns the user may use")
+    g.add_argument("--config", default=None)
+    g.set_defaults(func=_gate_user)
 
     p = sub.add_parser("train", help="build a model bundle from a labelled corpus")
     corpus_args(p)

@@ -56,6 +56,7 @@ from .message import DataContext
 from .policy import POLICY
 from .quarantine import Quarantine
 from .result import CheckResult
+from .users import get_user
 
 log = logging.getLogger("mailsift.gate")
 
@@ -217,7 +218,7 @@ class Gate:
             reply = denied.reply()
             self._log(conn, None, denied, "auth_denied", reply, "auth")
             return AuthResult(success=False, handled=False, message=reply)
-        user = self.cfg.users.get(name)
+        user = await self._user(name)
         ok = False
         if user is not None:
             ok = await asyncio.to_thread(verify_password, auth_data.password, user.password_hash)
@@ -228,6 +229,15 @@ class Gate:
             return AuthResult(success=True, auth_data=auth_data)
         await self._auth_failed(conn, name)
         return AuthResult(success=False, handled=False)
+
+    async def _user(self, name: str):
+        """An outgoing user: the state store's (``mailsift gate user``) first, then the
+        configuration's ``[outgoing.users]``."""
+        if self.state is not None:
+            stored = await get_user(self.state, name)
+            if stored is not None:
+                return stored
+        return self.cfg.users.get(name)
 
     def _auth_keys(self, conn: Conn, name: str) -> list[tuple[str, str]]:
         return [("ip", conn.client_ip), ("user", name.lower())]
@@ -543,7 +553,7 @@ class Gate:
         return None
 
     async def mail_sender_login_mismatch(self, conn: Conn, txn: Txn):
-        user = self.cfg.users.get(conn.user) if conn.user else None
+        user = await self._user(conn.user) if conn.user else None
         if user is not None and user.senders and not (txn.mail_from and address_matches(txn.mail_from, user.senders)):
             # Not a contract row: Postfix's reject_sender_login_mismatch, answered as a
             # protocol reply (RFC 3463 5.7.1: not authorised for this sender).

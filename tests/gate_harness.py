@@ -139,7 +139,17 @@ class GateThread:
     def __init__(self, config: dict, base_dir: Path, clock=None):
         from smtpgate.config import parse
 
-        self.cfg = parse(config, base_dir)
+        self._setup(parse(config, base_dir), clock)
+
+    @classmethod
+    def from_config(cls, cfg, clock=None) -> "GateThread":
+        """A gate from an already loaded configuration (``smtpgate.config.load``)."""
+        g = cls.__new__(cls)
+        g._setup(cfg, clock)
+        return g
+
+    def _setup(self, cfg, clock) -> None:
+        self.cfg = cfg
         self.clock = clock
         self.loop = asyncio.new_event_loop()
         self.server = None

@@ -245,3 +245,55 @@ def test_two_nodes_sharing_redis_share_one_greylist(make_redis_gate):
     clock.t += 301                                  # the sender's retry reaches the other node
     assert send(b, message(), source=z.IP_NO_PTR)[2][0] == 250
     assert send(a, message(), rcpts=("carol@local.test",), source=z.IP_NO_PTR)[2][0] == 250
+
+
+def test_outgoing_users_managed_from_the_cli_live_in_the_store(dns_server, tmp_path):
+    import subprocess
+    import sys
+
+    from gate_harness import ScriptedScorer, Sink, free_port
+
+    sink, scorer = Sink().start(), ScriptedScorer().start()
+    port = free_port()
+    (tmp_path / "gate.toml").write_text(f"""
+[gate]
+hostname = "mx.gate.test"
+state_dir = "state"
+[listeners.submissions]
+bind = "127.0.0.1:{port}"
+[resolver]
+nameservers = ["127.0.0.1"]
+port = {dns_server.port}
+[scorer]
+addresses = ["{scorer.address}"]
+[domains."example.test"]
+route = "127.0.0.1:{sink.port}"
+[outgoing]
+relay = "127.0.0.1:{sink.port}"
+""")
+    cli = [sys.executable, "-m", "classifier.cli", "gate", "user"]
+    cfg = ["--config", str(tmp_path / "gate.toml")]
+
+    def run(*args, stdin=""):
+        return subprocess.run(cli + list(args) + cfg, input=stdin, capture_output=True, text=True)
+
+    assert run("add", "bob@example.test", "--senders", "bob@example.test", stdin="s3cret\n").returncode == 0
+    assert run("list").stdout.split() == ["bob@example.test"]
+    assert b"s3cret" not in (tmp_path / "state" / "state.db").read_bytes()   # a hash, never the password
+    from smtpgate.config import load
+
+    g = GateThread.from_config(load(tmp_path / "gate.toml")).start()   # the file the CLI used
+    try:
+        def login(password):
+            with smtplib.SMTP_SSL("127.0.0.1", port, context=_client_tls(), timeout=10) as s:
+                s.ehlo("laptop")
+                plain = base64.b64encode(f"\0bob@example.test\0{password}".encode()).decode()
+                return s.docmd("AUTH", "PLAIN " + plain)[0]
+
+        assert login("s3cret") == 235 and login("wrong") == 535
+        assert run("del", "bob@example.test").returncode == 0
+        assert login("s3cret") == 535
+    finally:
+        g.stop()
+        sink.stop()
+        scorer.stop()
