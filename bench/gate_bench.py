@@ -4,6 +4,7 @@ talking straight to the sink in the same run; and the time from end of DATA to r
 
     python bench/gate_bench.py [--clients 16] [--messages 400] [--workers 1] [--rounds 3]
                                [--out bench/out/gate.json]
+    python bench/gate_bench.py --stateful [same options]    # -> bench/out/gate_stateful.json
 
 Peers, all on 127.0.0.1, all started here and stopped here (even on Ctrl-C or error):
 
@@ -65,6 +66,19 @@ The load is closed-loop: each client sends its next message when the last is ans
 so at 16 clients the gate is saturated and the p99 includes waiting behind the other
 clients' messages. That is the throughput the issue asks for; it is not an idle
 server's latency.
+
+``--stateful`` (issue 6: the cost of the stateful checks per connection with each
+backend): no baseline rounds; instead three gates, one process each, against the same
+scorer, sink, DNS and clients: ``off`` (every ``[limits]`` 0, ip_concurrency and
+auth_failures included, ``[greylist] enabled = false``; the SQLite store is opened but
+unused), ``sqlite`` and ``redis`` (a redis-server from ``tests/redisserver.py``): the
+checks on with limits no bench client reaches (ip_concurrency 1000, ip_rate and
+sender_rate 1 000 000, invalid_rcpt 1000) and greylisting in its learning window, so
+everything is counted and recorded and nothing is refused or delayed. A warm-up round
+each, then ``--rounds`` rounds of each, the order rotating. The checks run at connect,
+MAIL and RCPT, so besides end of DATA to reply the client times connect to greeting and
+the whole session (connect to the QUIT reply). Reported per configuration and as added
+latency and gate CPU versus ``off``; redis-server's own CPU is counted as well.
 """
 from __future__ import annotations
 
@@ -291,13 +305,18 @@ async def _expect(reader, stage: str, want: int) -> None:
         raise SmtpError(stage, code, line)
 
 
-async def send_one(port: int, payload: bytes) -> tuple[int, float | None, str]:
-    """One message on a new connection: (final reply code, end-of-DATA-to-reply seconds
-    or None if DATA was not reached, the stage of the final reply)."""
+async def send_one(port: int, payload: bytes) -> dict:
+    """One message on a new connection: {code: the final reply code, latency: end of DATA
+    to reply seconds (None when refused before DATA), stage: "eod" or where it was
+    refused, greeting: connect (before the TCP handshake) to the 220 line read, session:
+    connect to the QUIT reply read (the whole transaction; None when refused)}."""
+    t_start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(CLIENT_IP, 0))
+    greeting = None
     try:
         try:
             await _expect(reader, "greeting", 220)
+            greeting = time.perf_counter() - t_start
             writer.write(f"EHLO {CLIENT_NAME}\r\n".encode())
             await _expect(reader, "ehlo", 250)
             writer.write(f"MAIL FROM:<{MAIL_FROM}>\r\n".encode())
@@ -308,14 +327,15 @@ async def send_one(port: int, payload: bytes) -> tuple[int, float | None, str]:
             await _expect(reader, "data", 354)
         except SmtpError as e:
             writer.write(b"QUIT\r\n")
-            return e.code, None, e.stage
+            return {"code": e.code, "latency": None, "stage": e.stage, "greeting": greeting, "session": None}
         t0 = time.perf_counter()
         writer.write(payload)
         code, _ = await _reply(reader)
         latency = time.perf_counter() - t0
         writer.write(b"QUIT\r\n")
         await _reply(reader)
-        return code, latency, "eod"
+        session = time.perf_counter() - t_start
+        return {"code": code, "latency": latency, "stage": "eod", "greeting": greeting, "session": session}
     finally:
         writer.close()
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
@@ -330,10 +350,10 @@ async def load(port: int, payloads: list[bytes], clients: int) -> tuple[float, l
     async def client() -> None:
         for i in nxt:
             try:
-                code, lat, stage = await asyncio.wait_for(send_one(port, payloads[i]), CLIENT_TIMEOUT)
-                results[i] = {"code": code, "latency": lat, "stage": stage}
+                results[i] = await asyncio.wait_for(send_one(port, payloads[i]), CLIENT_TIMEOUT)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
-                results[i] = {"code": 0, "latency": None, "stage": f"error: {type(e).__name__}: {e}"}
+                results[i] = {"code": 0, "latency": None, "stage": f"error: {type(e).__name__}: {e}",
+                              "greeting": None, "session": None}
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -388,13 +408,13 @@ def tail(path: pathlib.Path, n: int = 30) -> str:
 
 
 def gate_toml(tmp: pathlib.Path, gate_port: int, dns_port: int, scorer: list[str], sink_port: int,
-              dnsbl_zone: str | None) -> str:
+              dnsbl_zone: str | None, extra: str = "", state_dir: str = "gate") -> str:
     zones = f'zones = ["{dnsbl_zone}"]\ncheck_private = true' if dnsbl_zone else "zones = []"
     return f"""\
 # Generated by bench/gate_bench.py.
 [gate]
 hostname = "{GATE_HOSTNAME}"
-state_dir = "{tmp / 'gate'}"
+state_dir = "{tmp / state_dir}"
 
 [listeners.inbound]
 bind = "127.0.0.1:{gate_port}"
@@ -413,7 +433,50 @@ spawn = false
 
 [domains."{RCPT_DOMAIN}"]
 route = "127.0.0.1:{sink_port}"
+{extra}"""
+
+
+# --stateful: the three gate configurations, one gate process each. In "off" the store
+# is still opened (sqlite, the default backend) but nothing calls it. In "sqlite" and
+# "redis" every per-connection check runs and counts, with limits far above what the
+# bench sends so none refuses, and greylisting in its learning window (a fresh
+# installation: it records every triplet and delays nothing).
+STATEFUL_OFF = """
+[limits]
+ip_concurrency = 0
+ip_rate = 0
+sender_rate = 0
+invalid_rcpt = 0
+outgoing_per_hour = 0
+outgoing_per_day = 0
+auth_failures = 0
+
+[greylist]
+enabled = false
 """
+STATEFUL_ON = """
+[limits]
+ip_concurrency = 1000
+ip_rate = 1000000
+sender_rate = 1000000
+invalid_rcpt = 1000
+outgoing_per_hour = 0
+outgoing_per_day = 0
+auth_failures = 5
+
+[greylist]
+enabled = true
+learning_hours = 72
+"""
+STATEFUL_CONFIGS = ("off", "sqlite", "redis")
+
+
+def stateful_extra(name: str, redis_url: str | None) -> str:
+    if name == "off":
+        return '\n[state]\nbackend = "sqlite"\n' + STATEFUL_OFF
+    if name == "sqlite":
+        return '\n[state]\nbackend = "sqlite"\n' + STATEFUL_ON
+    return f'\n[state]\nbackend = "redis"\nredis_url = "{redis_url}"\nredis_prefix = "bench:"\n' + STATEFUL_ON
 
 
 def zone_records() -> dict:
@@ -488,20 +551,64 @@ class Bench:
         text = wait_ready(self.scorer, ready, "the scorer", self.scorer_log, lambda t: t.endswith("\n"))
         self.scorer_addresses = [x for x in text.strip().split(",") if x]
 
-        self.gate_port = free_port()
-        config = self.tmp / "gate.toml"
-        config.write_text(gate_toml(self.tmp, self.gate_port, self.dns.port, self.scorer_addresses,
-                                    self.sink.port, zone))
-        ready = self.tmp / "gate.ready"
-        self.gate_log = self.tmp / "gate.log"
-        self.gate = start_process(
-            [sys.executable, "-m", "classifier.cli", "gate", "serve", "--config", str(config),
-             "--ready-file", str(ready), "--log-level", a.log_level], self.gate_log)
-        self.stack.callback(stop_process, self.gate)
-        wait_ready(self.gate, ready, "the gate", self.gate_log)
-        self.decisions = LogTail(self.tmp / "gate" / "decisions.jsonl")
+        self.redis = None
+        self.gates: dict[str, dict] = {}
+        if getattr(a, "stateful", False):
+            from redisserver import RedisServer   # tests/: a real redis-server on loopback
+            self.redis = self.stack.enter_context(RedisServer())
+            for name in STATEFUL_CONFIGS:
+                self.start_gate(name, stateful_extra(name, self.redis.url))
+            self.use(STATEFUL_CONFIGS[0])
+        else:
+            self.start_gate("gate", "")
+            self.use("gate")
         self.scores = LogTail(self.scorer_log)
         self.dns_log = 0
+
+    def start_gate(self, name: str, extra: str) -> None:
+        """One gate process (its own port, state directory, log and decision log)."""
+        from gate_harness import free_port
+
+        a = self.args
+        state = "gate" if name == "gate" else f"gate-{name}"
+        port = free_port()
+        config = self.tmp / f"{state}.toml"
+        config.write_text(gate_toml(self.tmp, port, self.dns.port, self.scorer_addresses,
+                                    self.sink.port, a.dnsbl_zone, extra, state))
+        ready = self.tmp / f"{state}.ready"
+        log = self.tmp / f"{state}.log"
+        proc = start_process(
+            [sys.executable, "-m", "classifier.cli", "gate", "serve", "--config", str(config),
+             "--ready-file", str(ready), "--log-level", a.log_level], log)
+        self.stack.callback(stop_process, proc)
+        wait_ready(proc, ready, f"the gate ({name})", log)
+        self.gates[name] = {"proc": proc, "port": port, "log": log,
+                            "decisions": LogTail(self.tmp / state / "decisions.jsonl")}
+
+    def store_evidence(self) -> dict:
+        """That the checks ran: rows in each gate's SQLite store, keys in Redis."""
+        import socket
+        import sqlite3
+
+        out: dict = {}
+        for name in self.gates:
+            db = self.tmp / ("gate" if name == "gate" else f"gate-{name}") / "state.db"
+            if not db.exists():
+                continue
+            with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+                tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                out[f"sqlite rows ({name})"] = {t: c.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+        if self.redis is not None:
+            with contextlib.suppress(OSError, ValueError), socket.create_connection(
+                    (self.redis.address, self.redis.port), timeout=2) as sock:
+                sock.sendall(b"DBSIZE\r\n")
+                out["redis keys"] = int(sock.recv(64).strip().lstrip(b":"))
+        return out
+
+    def use(self, name: str) -> None:
+        """Make the named gate the one ``run`` measures (CPU, event loop, logs)."""
+        g = self.gates[name]
+        self.gate, self.gate_port, self.gate_log, self.decisions = g["proc"], g["port"], g["log"], g["decisions"]
 
     def cpu(self) -> dict[str, float]:
         from grpc_bench import _stat, descendants, machine_busy
@@ -509,9 +616,12 @@ class Bench:
         def tree(pid: int) -> float:
             return sum((_stat(p) or (0, 0.0))[1] for p in descendants(pid))
 
-        return {"gate": tree(self.gate.pid), "scorer": tree(self.scorer.pid), "sink": tree(self.sink.pid),
-                "dnsmasq": tree(self.dns._proc.pid), "load": _stat(os.getpid())[1],
-                "machine": machine_busy()}
+        out = {"gate": tree(self.gate.pid), "scorer": tree(self.scorer.pid), "sink": tree(self.sink.pid),
+               "dnsmasq": tree(self.dns._proc.pid), "load": _stat(os.getpid())[1]}
+        if self.redis is not None:
+            out["redis"] = tree(self.redis._proc.pid)
+        out["machine"] = machine_busy()
+        return out
 
     def gate_loop(self) -> tuple[float, float]:
         """(seconds on a CPU, seconds runnable but waiting for one) of the gate's main
@@ -526,13 +636,20 @@ class Bench:
         return new.count("query[")
 
     def run(self, mode: str, n: int, label: str) -> dict:
+        """One round; mode "baseline" (straight to the sink), "gate", or with --stateful
+        the name of a gate configuration (STATEFUL_CONFIGS)."""
         a = self.args
-        for proc, name, log in ((self.gate, "the gate", self.gate_log), (self.scorer, "the scorer", self.scorer_log)):
+        if mode in self.gates:
+            self.use(mode)
+        for name, g in self.gates.items():
+            if g["proc"].poll() is not None:
+                raise RuntimeError(f"the gate ({name}) exited with {g['proc'].returncode}:\n{tail(g['log'])}")
+        for proc, name, log in ((self.scorer, "the scorer", self.scorer_log),):
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
         made = [make_message(i, a.seed) for i in range(n)]
         payloads = [p for _, p in made]
-        port = self.gate_port if mode == "gate" else self.sink.port
+        port = self.sink.port if mode == "baseline" else self.gate_port
         self.decisions.skip()
         self.scores.skip()
         self.dns_queries()
@@ -557,6 +674,8 @@ class Bench:
             if r["stage"] != "eod":
                 errors[r["stage"]] = errors.get(r["stage"], 0) + 1
         lat = [r["latency"] for r in results if r["latency"] is not None]
+        greet = [r["greeting"] for r in results if r.get("greeting") is not None]
+        sess = [r["session"] for r in results if r.get("session") is not None]
         n250 = sum(r["code"] == 250 for r in results)
         done = sum(r["code"] != 0 for r in results)
         used = {k: cpu1[k] - cpu0[k] for k in cpu0}
@@ -566,9 +685,13 @@ class Bench:
             "wall_s": round(wall, 3), "msgs_per_s": round(done / wall, 2),
             "latency_ms": {"p50": ms(pct(lat, 0.50)), "p90": ms(pct(lat, 0.90)), "p99": ms(pct(lat, 0.99)),
                            "max": ms(max(lat) if lat else None), "mean": ms(statistics.fmean(lat) if lat else None)},
+            "greeting_ms": {"p50": ms(pct(greet, 0.50)), "p99": ms(pct(greet, 0.99)),
+                            "mean": ms(statistics.fmean(greet) if greet else None)},
+            "session_ms": {"p50": ms(pct(sess, 0.50)), "p99": ms(pct(sess, 0.99)),
+                           "mean": ms(statistics.fmean(sess) if sess else None)},
             "replies": codes, "replies_by_kind": by_kind, "not_at_eod": errors,
             "replied_250": n250, "sink_delivered": delivered, "sink_delivered_via_gate": via_gate,
-            "delivered_matches_250": delivered == n250 and via_gate == (delivered if mode == "gate" else 0),
+            "delivered_matches_250": delivered == n250 and via_gate == (0 if mode == "baseline" else delivered),
             "cpu_ms_per_msg": {k: round(v * 1000 / n, 3) for k, v in used.items() if k != "machine"},
             "cpu_s": {k: round(v, 3) for k, v in used.items()},
             "others_cpu_s": round(max(0.0, used["machine"] - ours), 3),
@@ -579,9 +702,9 @@ class Bench:
             "gate_loop": {"on_cpu": round(on_cpu / wall, 3), "waiting_for_cpu": round(waiting / wall, 3),
                           "sleeping": round(max(0.0, 1 - (on_cpu + waiting) / wall), 3)},
             "dns_queries": self.dns_queries(),
-            "_latencies": lat,
+            "_latencies": lat, "_greetings": greet, "_sessions": sess,
         }
-        if mode == "gate":
+        if mode != "baseline":
             out.update(self._gate_logs())
         return out
 
@@ -710,6 +833,142 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def summarise_stateful(rounds: list[dict]) -> dict:
+    """Per gate configuration (off, sqlite, redis): pooled percentiles of the three
+    latencies, medians over rounds of msgs/s and CPU per message; then what sqlite and
+    redis add over off (the same clients, rounds interleaved)."""
+    out: dict = {}
+    for name in STATEFUL_CONFIGS:
+        rs = [r for r in rounds if r["mode"] == name]
+        if not rs:
+            continue
+        codes: dict[str, int] = {}
+        for r in rs:
+            for k, v in r["replies"].items():
+                codes[k] = codes.get(k, 0) + v
+        pooled = {key: [x for r in rs for x in r[f"_{key}"]] for key in ("latencies", "greetings", "sessions")}
+        cpu = {k: round(statistics.median(r["cpu_ms_per_msg"][k] for r in rs), 3) for k in rs[0]["cpu_ms_per_msg"]}
+        gate_store = statistics.median(r["cpu_ms_per_msg"]["gate"] + r["cpu_ms_per_msg"].get("redis", 0.0)
+                                       for r in rs)
+        out[name] = {
+            "rounds": len(rs),
+            "msgs_per_s_median": round(statistics.median(r["msgs_per_s"] for r in rs), 2),
+            "msgs_per_s_rounds": [r["msgs_per_s"] for r in rs],
+            "eod_ms_p50": ms(pct(pooled["latencies"], 0.50)), "eod_ms_p99": ms(pct(pooled["latencies"], 0.99)),
+            "greeting_ms_p50": ms(pct(pooled["greetings"], 0.50)),
+            "greeting_ms_p99": ms(pct(pooled["greetings"], 0.99)),
+            "greeting_ms_p50_rounds": [r["greeting_ms"]["p50"] for r in rs],
+            "session_ms_p50": ms(pct(pooled["sessions"], 0.50)), "session_ms_p99": ms(pct(pooled["sessions"], 0.99)),
+            "session_ms_p50_rounds": [r["session_ms"]["p50"] for r in rs],
+            "replies": codes,
+            "not_at_eod": {k: sum(r["not_at_eod"].get(k, 0) for r in rs)
+                           for k in sorted({k for r in rs for k in r["not_at_eod"]})},
+            "replied_250": sum(r["replied_250"] for r in rs),
+            "sink_delivered": sum(r["sink_delivered"] for r in rs),
+            "delivered_matches_250": all(r["delivered_matches_250"] for r in rs),
+            "cpu_ms_per_msg_median": cpu,
+            "gate_cpu_ms_per_msg_median": cpu["gate"],
+            # redis-server's CPU belongs to the redis configuration's cost; in the other
+            # rounds it is redis idling (its timers), near 0.
+            "gate_plus_store_cpu_ms_per_msg_median": round(gate_store, 3),
+            "cpu_ms_per_msg_all_median": round(statistics.median(sum(r["cpu_ms_per_msg"].values()) for r in rs), 3),
+            "others_cores_median": round(statistics.median(r["others_cores"] for r in rs), 2),
+            "gate_loop_median": {k: round(statistics.median(r["gate_loop"][k] for r in rs), 3)
+                                 for k in rs[0]["gate_loop"]},
+        }
+    off = out.get("off")
+    added = {}
+    if off:
+        def d(x, y):
+            return None if x is None or y is None else round(x - y, 2)
+        for name in ("sqlite", "redis"):
+            x = out.get(name)
+            if not x:
+                continue
+            added[name] = {
+                "greeting_ms_p50": d(x["greeting_ms_p50"], off["greeting_ms_p50"]),
+                "greeting_ms_p99": d(x["greeting_ms_p99"], off["greeting_ms_p99"]),
+                "session_ms_p50": d(x["session_ms_p50"], off["session_ms_p50"]),
+                "session_ms_p99": d(x["session_ms_p99"], off["session_ms_p99"]),
+                "eod_ms_p50": d(x["eod_ms_p50"], off["eod_ms_p50"]),
+                "eod_ms_p99": d(x["eod_ms_p99"], off["eod_ms_p99"]),
+                "gate_cpu_ms_per_msg": d(x["gate_cpu_ms_per_msg_median"], off["gate_cpu_ms_per_msg_median"]),
+                "gate_plus_store_cpu_ms_per_msg": d(x["gate_plus_store_cpu_ms_per_msg_median"],
+                                                    off["gate_cpu_ms_per_msg_median"]),
+                "msgs_per_s_ratio": round(x["msgs_per_s_median"] / off["msgs_per_s_median"], 4),
+                # per round (same round, configurations back to back): noise estimate
+                "session_ms_p50_per_round": [d(a_, b_) for a_, b_ in zip(x["session_ms_p50_rounds"],
+                                                                         off["session_ms_p50_rounds"])],
+                "greeting_ms_p50_per_round": [d(a_, b_) for a_, b_ in zip(x["greeting_ms_p50_rounds"],
+                                                                          off["greeting_ms_p50_rounds"])],
+            }
+    out["added_vs_off"] = added
+    return out
+
+
+def print_stateful(s: dict) -> None:
+    print(f"{'config':<8}{'msgs/s':>9}{'greet p50':>11}{'p99':>8}{'session p50':>13}{'p99':>8}"
+          f"{'EOD p50':>9}{'p99':>8}{'gate ms/msg':>13}{'+redis':>8}  replies")
+    for name in STATEFUL_CONFIGS:
+        x = s.get(name)
+        if x:
+            print(f"{name:<8}{fmt(x['msgs_per_s_median'])}{fmt(x['greeting_ms_p50'], 11)}{fmt(x['greeting_ms_p99'], 8)}"
+                  f"{fmt(x['session_ms_p50'], 13)}{fmt(x['session_ms_p99'], 8)}{fmt(x['eod_ms_p50'])}"
+                  f"{fmt(x['eod_ms_p99'], 8)}{fmt(x['gate_cpu_ms_per_msg_median'], 13)}"
+                  f"{fmt(x['gate_plus_store_cpu_ms_per_msg_median'], 8)}  {x['replies']}")
+    for name, dd in s["added_vs_off"].items():
+        print(f"{name} - off: greeting p50 {dd['greeting_ms_p50']:+} ms p99 {dd['greeting_ms_p99']:+} ms; "
+              f"session p50 {dd['session_ms_p50']:+} ms p99 {dd['session_ms_p99']:+} ms "
+              f"(p50 per round {dd['session_ms_p50_per_round']}); EOD p50 {dd['eod_ms_p50']:+} ms; "
+              f"gate CPU {dd['gate_cpu_ms_per_msg']:+} ms/msg (with the store {dd['gate_plus_store_cpu_ms_per_msg']:+}); "
+              f"msgs/s x{dd['msgs_per_s_ratio']}")
+
+
+def markdown_stateful(res: dict) -> str:
+    s, p, m = res["summary"], res["parameters"], res["machine"]
+    names = {"off": "stateful checks off", "sqlite": "on, SQLite", "redis": "on, Redis"}
+    lines = [
+        "### Cost of the stateful checks per connection (bench/gate_bench.py --stateful)",
+        "",
+        f"{p['clients']} concurrent clients (closed loop: the gate is saturated), {p['messages']} messages of "
+        f"~2 KB per round, a new connection per message, {p['rounds']} rounds per configuration interleaved "
+        f"(rotating order, after a warm-up each), one gate process per configuration, the same scorer "
+        f"({p['workers']} worker(s)), sink and DNS; {m['cpu_count']} cores, {m['platform']}. "
+        "Off: every `[limits]` 0 (ip_concurrency and auth_failures included), `[greylist] enabled = false`. "
+        "On: ip_concurrency 1000, ip_rate and sender_rate 1 000 000, invalid_rcpt 1000, greylisting in its "
+        "learning window (records every triplet, delays nothing); no check refuses anything.",
+        "",
+        "| configuration | msgs/s (median) | connect→greeting p50 / p99 ms | whole session p50 / p99 ms "
+        "| EOD→reply p50 / p99 ms | gate CPU ms/msg (+ redis-server) | replies |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in STATEFUL_CONFIGS:
+        x = s.get(name)
+        if not x:
+            continue
+        cpu = f"{x['gate_cpu_ms_per_msg_median']:.2f}"
+        if name == "redis":
+            cpu += f" ({x['gate_plus_store_cpu_ms_per_msg_median']:.2f})"
+        lines.append(
+            f"| {names[name]} | {x['msgs_per_s_median']} | {x['greeting_ms_p50']} / {x['greeting_ms_p99']} | "
+            f"{x['session_ms_p50']} / {x['session_ms_p99']} | {x['eod_ms_p50']} / {x['eod_ms_p99']} | {cpu} | "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(x['replies'].items()))} |")
+    lines += ["", "| added vs off | greeting p50 / p99 ms | session p50 / p99 ms | session p50 per round ms "
+              "| EOD→reply p50 / p99 ms | gate CPU ms/msg (+ store) | msgs/s ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for name, dd in s["added_vs_off"].items():
+        lines.append(
+            f"| {names[name]} | {dd['greeting_ms_p50']:+} / {dd['greeting_ms_p99']:+} | "
+            f"{dd['session_ms_p50']:+} / {dd['session_ms_p99']:+} | "
+            f"{', '.join(f'{v:+}' for v in dd['session_ms_p50_per_round'])} | "
+            f"{dd['eod_ms_p50']:+} / {dd['eod_ms_p99']:+} | {dd['gate_cpu_ms_per_msg']:+} "
+            f"({dd['gate_plus_store_cpu_ms_per_msg']:+}) | {dd['msgs_per_s_ratio']} |")
+    ok = all(s[n]["delivered_matches_250"] for n in STATEFUL_CONFIGS if n in s)
+    lines += ["", f"Every 250 from each gate reached the sink: {'yes' if ok else '**no**'}. "
+              f"The stores after the run (the checks ran): {s.get('store_evidence')}."]
+    return "\n".join(lines)
+
+
 def _interrupt(signum, frame):
     # As Ctrl-C: inside asyncio.run its SIGINT handler cancels the load cleanly, elsewhere
     # KeyboardInterrupt. Either way the ExitStack in main stops every peer.
@@ -731,8 +990,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dnsbl-zone", default=None, help="one DNSBL zone that lists nothing (default: none)")
     p.add_argument("--seed", type=int, default=1, help="seed of the message texts")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, decision log)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "gate.json"))
+    p.add_argument("--stateful", action="store_true",
+                   help="instead of baseline vs gate: three gates (stateful checks off, on with SQLite, on "
+                        "with Redis), rounds interleaved; writes bench/out/gate_stateful.json by default")
+    p.add_argument("--out", default=None, help="default bench/out/gate.json (gate_stateful.json with --stateful)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = str(ROOT / "bench" / "out" / ("gate_stateful.json" if a.stateful else "gate.json"))
     if a.clients < 1 or a.messages < 1 or a.workers < 1 or a.rounds < 1:
         p.error("--clients, --messages, --workers and --rounds must be at least 1")
 
@@ -750,27 +1014,38 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stack.callback(shutil.rmtree, tmp, True)
         bench = Bench(a, tmp, stack)
-        print("starting dnsmasq, the sink, the scorer and the gate ...", file=sys.stderr)
+        print("starting dnsmasq, the sink, the scorer and the gate"
+              + (" x3 (off, sqlite, redis) and redis-server" if a.stateful else "") + " ...", file=sys.stderr)
         bench.start()
         print(f"started in {time.monotonic() - t_start:.1f} s; scorer workers at "
               f"{', '.join(bench.scorer_addresses)}", file=sys.stderr)
         warm = a.warmup if a.warmup is not None else max(1, a.messages // 2)
         rounds: list[dict] = []
-        schedule = [("warmup", "baseline", warm), ("warmup", "gate", warm)]
-        for i in range(a.rounds):
-            order = ("baseline", "gate") if i % 2 == 0 else ("gate", "baseline")
-            schedule += [(f"round {i + 1}", mode, a.messages) for mode in order]
+        if a.stateful:
+            schedule = [("warmup", name, warm) for name in STATEFUL_CONFIGS]
+            for i in range(a.rounds):   # rotate: each configuration runs first, second, third
+                k = i % len(STATEFUL_CONFIGS)
+                order = STATEFUL_CONFIGS[k:] + STATEFUL_CONFIGS[:k]
+                schedule += [(f"round {i + 1}", mode, a.messages) for mode in order]
+        else:
+            schedule = [("warmup", "baseline", warm), ("warmup", "gate", warm)]
+            for i in range(a.rounds):
+                order = ("baseline", "gate") if i % 2 == 0 else ("gate", "baseline")
+                schedule += [(f"round {i + 1}", mode, a.messages) for mode in order]
         for label, mode, n in schedule:
             r = bench.run(mode, n, label)
             print(f"  {label:<9} {mode:<9} {r['msgs_per_s']:>8.1f} msgs/s  p50 {r['latency_ms']['p50']} ms"
-                  f"  p99 {r['latency_ms']['p99']} ms  replies {r['replies']}  sink +{r['sink_delivered']}",
+                  f"  p99 {r['latency_ms']['p99']} ms  greeting p50 {r['greeting_ms']['p50']} ms"
+                  f"  session p50 {r['session_ms']['p50']} ms  replies {r['replies']}  sink +{r['sink_delivered']}",
                   file=sys.stderr)
             if label != "warmup":
                 rounds.append(r)
             elif r["replies"].get("error") or r["replies"].get("4xx"):
                 print(f"  warm-up had failures: {r['not_at_eod']}; gate log:\n{tail(bench.gate_log, 10)}",
                       file=sys.stderr)
-        summary = summarise(rounds)
+        summary = summarise_stateful(rounds) if a.stateful else summarise(rounds)
+        if a.stateful:
+            summary["store_evidence"] = bench.store_evidence()
 
     res = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -778,7 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_end": os.getloadavg()},
         "parameters": {"clients": a.clients, "messages": a.messages, "workers": a.workers, "rounds": a.rounds,
                        "warmup": warm, "log_level": a.log_level, "scorer_log_level": a.scorer_log_level,
-                       "dnsbl_zone": a.dnsbl_zone, "seed": a.seed,
+                       "dnsbl_zone": a.dnsbl_zone, "seed": a.seed, "stateful": a.stateful,
+                       "stateful_configs": ({n: stateful_extra(n, "redis://127.0.0.1:<port>/0").strip()
+                                             for n in STATEFUL_CONFIGS} if a.stateful else None),
                        "model": a.model or "models/default (shipped)", "message_bytes_approx": 2000,
                        "templates": {"ham": len(HAM), "spam": len(SPAM)}},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -792,6 +1069,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_rounds(rounds)
+    if a.stateful:
+        print()
+        print_stateful(summary)
+        print(f"store after the run: {summary['store_evidence']}")
+        print(f"wrote {out} ({res['total_s']} s in all)")
+        print()
+        print(markdown_stateful(res))
+        return 0 if all(summary[n]["delivered_matches_250"] for n in STATEFUL_CONFIGS) else 1
     s = summary
     print()
     for mode in ("baseline", "gate"):
