@@ -87,6 +87,7 @@ class Conn:
     user: str | None = None
     tls: bool = False
     lease: str | None = None      # the concurrency lease this connection holds
+    vouched: bool = False         # its network's reputation was raised (AUTH, DNSWL)
 
     @property
     def submission(self) -> bool:
@@ -707,8 +708,15 @@ class Gate:
 
     async def rcpt_greylisted(self, conn: Conn, txn: Txn, rcpt):
         g = self.cfg.greylist
-        if (g is None or self.state is None or conn.submission or txn.whitelisted is not None
-                or conn.dnswl_result is not None):
+        if g is None or self.state is None:
+            return None
+        vouched = conn.user is not None or conn.dnswl_result is not None
+        if vouched and not conn.vouched:
+            # an authenticated session or a DNSWL listing vouches for the network: once
+            # per connection, its reputation grows (the sources of reputation)
+            conn.vouched = True
+            await add_reputation(self.state, network_of(conn.client_ip, conn.ptr, conn.ptr_name), g)
+        if vouched or conn.submission or txn.whitelisted is not None:
             return None
         return await greylisted(self.state, network=network_of(conn.client_ip, conn.ptr, conn.ptr_name),
                                 sender=txn.mail_from, rcpt=rcpt, now=self.clock(), settings=g)

@@ -170,6 +170,10 @@ class GateThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def loop_call(self, make_coro):
+        """Run a coroutine (made by ``make_coro``) on the gate's event loop; its result."""
+        return asyncio.run_coroutine_threadsafe(make_coro(), self.loop).result(10)
+
     def port(self, kind: str = "inbound") -> int:
         return next(x.port for x in self.cfg.listeners if x.kind == kind)
 
@@ -224,3 +228,14 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def gate_toml(*, listener: str, port: int, dns_port: int, hostname: str = "mx.gate.test") -> str:
+    """The head of a gate's TOML file for a test that runs the gate from a file: our
+    name, one listener, and the test DNS server; the test appends the rest."""
+    import gate_zones
+
+    return (f'[gate]\nhostname = "{hostname}"\nstate_dir = "state"\n\n'
+            f'[listeners.{listener}]\nbind = "127.0.0.1:{port}"\n\n'
+            f'[resolver]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\n'
+            f'timeout = {gate_zones.TEST_TIMEOUT}\n')

@@ -23,7 +23,7 @@ import pytest
 import gate_zones as z
 import mailgen
 from classifier.classifications import get
-from gate_harness import Sink, free_port
+from gate_harness import Sink, free_port, gate_toml
 
 
 def _crlf(raw: bytes) -> bytes:
@@ -43,19 +43,7 @@ def running(dns_server, fitted_bundle, tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
     sink = Sink().start()
     port, scorer_port = free_port(), free_port()
-    cfg = f"""
-[gate]
-hostname = "mx.e2e.test"
-state_dir = "state"
-
-[listeners.inbound]
-bind = "127.0.0.1:{port}"
-
-[resolver]
-nameservers = ["127.0.0.1"]
-port = {dns_server.port}
-timeout = {z.TEST_TIMEOUT}
-
+    cfg = gate_toml(listener="inbound", port=port, dns_port=dns_server.port, hostname="mx.e2e.test") + f"""
 [scorer]
 addresses = ["127.0.0.1:{scorer_port}"]
 spawn = true

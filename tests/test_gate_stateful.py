@@ -12,7 +12,7 @@ import time
 import pytest
 
 import gate_zones as z
-from gate_harness import GateThread, RawClient
+from gate_harness import GateThread, RawClient, gate_toml
 from test_gate_smtp import PASSWORD, _client_tls, assert_logged, decision, gate_config, message, reply, send, split
 
 pytest_plugins = ["state_fixtures"]
@@ -255,15 +255,8 @@ def test_outgoing_users_managed_from_the_cli_live_in_the_store(dns_server, tmp_p
 
     sink, scorer = Sink().start(), ScriptedScorer().start()
     port = free_port()
-    (tmp_path / "gate.toml").write_text(f"""
-[gate]
-hostname = "mx.gate.test"
-state_dir = "state"
-[listeners.submissions]
-bind = "127.0.0.1:{port}"
-[resolver]
-nameservers = ["127.0.0.1"]
-port = {dns_server.port}
+    (tmp_path / "gate.toml").write_text(gate_toml(listener="submissions", port=port, dns_port=dns_server.port)
+                                        + f"""
 [scorer]
 addresses = ["{scorer.address}"]
 [domains."example.test"]
@@ -297,3 +290,100 @@ relay = "127.0.0.1:{sink.port}"
         g.stop()
         sink.stop()
         scorer.stop()
+
+
+def test_two_gate_processes_sharing_redis_enforce_one_set_of_limits(dns_server, redis_server, tmp_path):
+    """Two `mailsift gate serve` processes behind one MX, sharing one Redis: one
+    concurrency limit, one greylist, one rate limit. (Greylisting's minimum delay is
+    1 s here and really waited for: two processes share no injectable clock.)"""
+    import os
+    import subprocess
+    import sys
+
+    from gate_harness import ScriptedScorer, Sink, free_port
+
+    sink, scorer = Sink().start(), ScriptedScorer().start()
+    nodes, procs = [], []
+
+    class Node:
+        def __init__(self, port):
+            self._port = port
+
+        def port(self, kind="inbound"):
+            return self._port
+
+    try:
+        for i in range(2):
+            d = tmp_path / f"node{i}"
+            d.mkdir()
+            port = free_port()
+            (d / "gate.toml").write_text(gate_toml(listener="inbound", port=port, dns_port=dns_server.port)
+                                         + f"""
+[scorer]
+addresses = ["{scorer.address}"]
+[state]
+backend = "redis"
+redis_url = "{redis_server.url}"
+redis_prefix = "twoproc:"
+[limits]
+ip_concurrency = 2
+ip_rate = 5
+ip_rate_window = 60
+[greylist]
+learning_hours = 0
+min_delay = 1
+[domains."local.test"]
+route = "127.0.0.1:{sink.port}"
+""")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "classifier.cli", "gate", "serve", "--config", str(d / "gate.toml"),
+                 "--ready-file", str(d / "ready"), "--log-level", "WARNING"],
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            nodes.append((Node(port), d / "ready"))
+        for (_, ready), proc in zip(nodes, procs):
+            for _ in range(300):
+                if ready.exists() or proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert ready.exists(), "a gate process did not start"
+        a, b = nodes[0][0], nodes[1][0]
+
+        # one concurrency limit: one connection on each node, a third anywhere is refused
+        ca, cb = RawClient(a.port(), source=z.IP_NO_PTR), RawClient(b.port(), source=z.IP_NO_PTR)
+        assert ca.reply()[0] == cb.reply()[0] == 220
+        third = RawClient(a.port(), source=z.IP_NO_PTR)
+        assert third.reply() == split(reply("ip_concurrency_limit"))
+        for c in (ca, cb, third):
+            c.close()
+        time.sleep(0.5)                                  # the leases go back on disconnect
+
+        # one greylist: the first attempt on one node, the retry on the other
+        _, rr, _ = send(a, message(), source=z.IP_NO_PTR)
+        assert (rr[0][0], rr[0][1].decode()) == split(reply("greylisted"))
+        time.sleep(1.2)
+        assert send(b, message(), source=z.IP_NO_PTR)[2][0] == 250
+
+        # one rate limit: 2 connections above + 2 transactions = 4; the 5th passes, the 6th not
+        assert send(a, message(), source=z.IP_NO_PTR)[2][0] == 250
+        _, rr, _ = send(b, message(), source=z.IP_NO_PTR)
+        assert (rr[0][0], rr[0][1].decode()) == split(reply("ip_rate_limit"))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        sink.stop()
+        scorer.stop()
+
+
+def test_a_dnswl_listing_vouches_for_its_network(make_gate):
+    clock = Clock()
+    g = make_gate({}, clock=clock, greylist={"learning_hours": 0})
+    # 127.0.0.4 is on wl.test; its reverse name wl-client.test is its network
+    assert send(g, message(), source=z.IP_WHITELISTED, helo="wl-client.test")[2] == split(reply("dnswl"))
+    value = g.loop_call(lambda: g.server.gate.state.get("greylist:rep:dns:wl-client.test"))
+    assert value is not None and int(value) >= 1
