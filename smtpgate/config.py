@@ -239,6 +239,7 @@ class Domain:
     settings: Settings
     recipient_settings: dict[str, Settings] = field(default_factory=dict)
     verify_recipients: bool = False          # callout to the route before accepting a RCPT
+    rate_limits: dict[str, int] = field(default_factory=dict)  # ip_rate, sender_rate over [limits]
 
     def settings_for(self, address: str) -> Settings:
         return self.recipient_settings.get(normalise_address(address), self.settings)
@@ -439,6 +440,10 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         route = one.take("route", str, required=True)
         local = one.strings("local_recipients", None)
         verify = one.take("verify_recipients", bool, False)
+        lim = one.sub("limits")
+        rate_limits = {k: v for k in ("ip_rate", "sender_rate")
+                       if (v := lim.take(k, int, None, lo=0, hi=10_000_000)) is not None}
+        lim.done()
         settings = _read_settings(one.sub("filtering"), filtering)
         per_rcpt = {}
         rt = one.sub("recipients")
@@ -451,6 +456,7 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         domains[lname] = Domain(
             name=lname,
             route=_hostport(route, f"{key}.route", 25), verify_recipients=verify,
+            rate_limits=rate_limits,
             local_recipients=None if local is None else frozenset(
                 normalise_address(x if "@" in x else f"{x}@{lname}") for x in local),
             settings=settings, recipient_settings=per_rcpt)

@@ -88,6 +88,7 @@ class Conn:
     tls: bool = False
     lease: str | None = None      # the concurrency lease this connection holds
     vouched: bool = False         # its network's reputation was raised (AUTH, DNSWL)
+    ip_rate_count: int = 0        # connections from this IP in the rate window, this one included
 
     @property
     def submission(self) -> bool:
@@ -110,6 +111,7 @@ class Txn:
     blackholed: list[tuple[str, CheckResult]] = field(default_factory=list)
     whitelisted: CheckResult | None = None
     bypassed: list[CheckResult] = field(default_factory=list)   # what the whitelist let pass
+    sender_rate_count: int = 0    # this sender's messages in the last minute, this one included
 
     def bypass(self, result: CheckResult) -> None:
         if result not in self.bypassed:
@@ -493,15 +495,24 @@ class Gate:
         if conn.lease and self.state is not None:
             await self.state.renew(conn.lease, conn.id, self._lease_ttl)
 
+    def _rate_limit(self, kind: str, rcpt: str | None) -> int:
+        """The limit that applies: the recipient domain's ``[domains."D".limits]``, else
+        the global ``[limits]``."""
+        domain = self.cfg.domain_of(rcpt) if rcpt else None
+        if domain is not None and kind in domain.rate_limits:
+            return domain.rate_limits[kind]
+        return getattr(self.limits, kind)
+
+    def _rate_limited_anywhere(self, kind: str) -> bool:
+        return bool(getattr(self.limits, kind)) or any(d.rate_limits.get(kind) for d in self.cfg.domains.values())
+
     async def connect_ip_rate_limit(self, conn: Conn):
-        limit, window = self.limits.ip_rate, self.limits.ip_rate_window
-        if not limit or self.state is None:
+        # Counted here; judged at RCPT (rcpt_rate_limits), where the recipient's domain,
+        # which may set its own limit, and its sender whitelist are known.
+        if self.state is None or not self._rate_limited_anywhere("ip_rate"):
             return None
-        n = await self.state.hit(f"rate:ip:{window:g}:{conn.client_ip}", window)
-        if n > limit:
-            return CheckResult("ip_rate_limit", "ip_rate_limit",
-                               f"{conn.client_ip}: {n} connections in {window:g} s (limit {limit})",
-                               details={"count": n, "limit": limit, "window_s": window})
+        window = self.limits.ip_rate_window
+        conn.ip_rate_count = await self.state.hit(f"rate:ip:{window:g}:{conn.client_ip}", window)
         return None
 
     async def connect_ip_blacklisted(self, conn: Conn):
@@ -574,15 +585,28 @@ class Gate:
         return None
 
     async def mail_sender_rate_limit(self, conn: Conn, txn: Txn):
-        limit = self.limits.sender_rate
+        # Counted here, judged at RCPT (see connect_ip_rate_limit).
         who = conn.user or txn.mail_from
-        if not limit or self.state is None or not who:
+        if self.state is None or not who or not self._rate_limited_anywhere("sender_rate"):
             return None
-        n = await self.state.hit(f"rate:sender:60:{who.lower()}", 60.0)
-        if n > limit:
+        txn.sender_rate_count = await self.state.hit(f"rate:sender:60:{who.lower()}", 60.0)
+        return None
+
+    async def rcpt_rate_limits(self, conn: Conn, txn: Txn, rcpt):
+        if txn.whitelisted is not None:
+            return None   # both rows are ones a sender whitelist bypasses
+        limit = self._rate_limit("ip_rate", rcpt)
+        if limit and conn.ip_rate_count > limit:
+            window = self.limits.ip_rate_window
+            return CheckResult("ip_rate_limit", "ip_rate_limit",
+                               f"{conn.client_ip}: {conn.ip_rate_count} connections in {window:g} s (limit {limit})",
+                               details={"count": conn.ip_rate_count, "limit": limit, "window_s": window})
+        limit = self._rate_limit("sender_rate", rcpt)
+        if limit and txn.sender_rate_count > limit:
+            who = conn.user or txn.mail_from
             return CheckResult("sender_rate_limit", "sender_rate_limit",
-                               f"{who}: {n} messages in the last minute (limit {limit})",
-                               details={"count": n, "limit": limit})
+                               f"{who}: {txn.sender_rate_count} messages in the last minute (limit {limit})",
+                               details={"count": txn.sender_rate_count, "limit": limit})
         return None
 
     async def mail_sender_blacklisted(self, conn: Conn, txn: Txn):

@@ -24,7 +24,7 @@ POLICY: dict[str, tuple[str, ...]] = {
     # Before the greeting. PTR and DNSWL are facts for later steps and the scorer.
     "connect": (
         "ip_concurrency_limit",      # leases across every node sharing the store: 421 at once
-        "ip_rate_limit",             # connections per window; deferred (a whitelist bypasses it)
+        "ip_rate_limit",             # connections per window: counted here, judged at RCPT
         "ip_blacklisted",            # the administrator's IP blacklist: 554, no bypass
         "dnsbl",                     # dnsbl_multiple (deferred) and dnswl (a fact)
         "ptr",                       # forward-confirmed reverse DNS: a scorer fact
@@ -36,7 +36,7 @@ POLICY: dict[str, tuple[str, ...]] = {
         "submission_auth_required",  # submission ports: AUTH first
         "sender_login_mismatch",     # an outgoing user sends only as the senders configured
         "outgoing_quota",            # an outgoing user's messages per hour and per day
-        "sender_rate_limit",         # messages per sender per minute; deferred
+        "sender_rate_limit",         # messages per sender per minute: counted here, judged at RCPT
         "sender_blacklisted",        # the administrator's sender blacklist
         "spf_fail",                  # deferred
         "sender_missing_dns",        # deferred; a DNS timeout tempfails, deferred too
@@ -53,6 +53,7 @@ POLICY: dict[str, tuple[str, ...]] = {
         "domain_sender_blacklisted",  # the recipient domain's own sender blacklist
         "whitelisted",               # the recipient's sender whitelist: bypasses what may be bypassed
         "deferred",                  # what connect/HELO/MAIL found, unless whitelisted
+        "rate_limits",               # ip_rate_limit, sender_rate_limit: the domain's limit or the global one
         "greylisted",                # a network with no reputation yet: 451, then pass on retry
         "split_delivery",            # the first accepted recipient fixes the settings
     ),

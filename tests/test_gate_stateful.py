@@ -387,3 +387,17 @@ def test_a_dnswl_listing_vouches_for_its_network(make_gate):
     assert send(g, message(), source=z.IP_WHITELISTED, helo="wl-client.test")[2] == split(reply("dnswl"))
     value = g.loop_call(lambda: g.server.gate.state.get("greylist:rep:dns:wl-client.test"))
     assert value is not None and int(value) >= 1
+
+
+def test_a_domain_sets_its_own_rate_limit(make_gate):
+    g = make_gate({}, domains={"example.test": {"route": f"127.0.0.1:{make_gate.sink.port}",
+                                                "limits": {"sender_rate": 1}}})
+    busy = dict(mail_from="busy@good.test")
+    assert send(g, message(frm="busy@good.test", to="bob@example.test"), rcpts=("bob@example.test",), **busy)[2][0] == 250
+    _, rr, _ = send(g, message(frm="busy@good.test", to="bob@example.test"), rcpts=("bob@example.test",), **busy)
+    assert (rr[0][0], rr[0][1].decode()) == split(reply("sender_rate_limit"))
+    d = decision(g, classification="sender_rate_limit")
+    assert_logged(d, "sender_rate_limit")
+    assert d["evidence"][0]["details"]["limit"] == 1
+    # the global default (off) still applies to the other domain
+    assert send(g, message(frm="busy@good.test"), **busy)[2][0] == 250
