@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reputation", default=str(ROOT / "bench/out/reputation.json"))
     ap.add_argument("--pyzor", default=str(ROOT / "bench/out/pyzor_compat.json"))
     ap.add_argument("--neardup", default=str(ROOT / "bench/out/neardup.json"))
+    ap.add_argument("--gate-stateful", default=str(ROOT / "bench/out/gate_stateful.json"))
     ap.add_argument("--out", default=str(ROOT / "bench/report.md"))
     ap.add_argument("--note", default="", help="a paragraph on how this run differs from a plain bench/run.sh")
     a = ap.parse_args(argv)
@@ -233,6 +234,13 @@ def main(argv=None) -> int:
 
         L += ["", gate_markdown(gate).replace("### SMTP gate", "## The SMTP gate", 1), ""]
     L += reputation_sections(load(a.reputation), load(a.pyzor), load(a.neardup))
+    stateful = load(a.gate_stateful)
+    if stateful:
+        from gate_bench import markdown_stateful
+
+        L += ["", "## The stateful protections' cost", "", markdown_stateful(stateful),
+              "", "The store on its own, and its growth to 1M client IPs: `python bench/state_bench.py`"
+              " (numbers in the closing note of issue 6).", ""]
     L += ["", "Where a target is not met, the closing notes of the issues and",
           "README.md say what was measured and why.", ""]
     pathlib.Path(a.out).write_text("\n".join(L))

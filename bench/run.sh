@@ -49,4 +49,5 @@ fi
 python3 bench/report.py --harness "$OUT/harness/results/spamassassin.json" --evaluate "$OUT/evaluate" \
   --speed "$OUT/speed.json" --grpc "$OUT/grpc.json" --gate "$OUT/gate.json" \
   --reputation "$OUT/reputation.json" --pyzor "$OUT/pyzor_compat.json" --neardup "$OUT/neardup.json" \
+  --gate-stateful "$OUT/gate_stateful.json" \
   --out bench/report.md
