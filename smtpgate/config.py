@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks.dnsbl import Zone
+from .checks.greylisted import GreylistSettings
 
 
 class ConfigError(ValueError):
@@ -297,7 +298,7 @@ class GateConfig:
     relay_timeout: float = 60.0
     decision_log: Path | None = None          # None: <state_dir>/decisions.jsonl
     state: StateConfig = StateConfig()        # the stateful protections' store
-    greylist: "GreylistSettings | None" = None  # None: greylisting off
+    greylist: GreylistSettings | None = None  # None: greylisting off
     limits: Limits = Limits()
 
     def domain_of(self, address: str) -> Domain | None:
@@ -505,8 +506,6 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
         auth_lockout=lt.take("auth_lockout", float, 900.0, lo=1.0, hi=7 * 86400.0))
     lt.done()
     gt = top.sub("greylist")
-    from .checks.greylisted import GreylistSettings
-
     if gt.take("enabled", bool, True):
         kw["greylist"] = GreylistSettings(
             min_delay=gt.take("min_delay", float, 300.0, lo=0.0, hi=86400.0),

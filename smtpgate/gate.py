@@ -15,7 +15,6 @@ import functools
 import ipaddress
 import logging
 import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from email.utils import format_datetime
@@ -60,7 +59,6 @@ from .users import get_user
 
 log = logging.getLogger("mailsift.gate")
 
-_STOPS = ("tempfail", "reject", "quarantine", "discard")
 _BEFORE_RCPT = ("connect", "helo", "auth", "mail")
 
 
@@ -162,6 +160,9 @@ class Gate:
         self.clock = clock
         self.state = state            # smtpgate.state.StateStore: the stateful protections
         self.limits = config.limits
+        # the rate limits set globally or by any domain: counted on every connection/MAIL
+        self._rate_limited = {k for k in ("ip_rate", "sender_rate")
+                              if getattr(config.limits, k) or any(d.rate_limits.get(k) for d in config.domains.values())}
         # pyspf is synchronous: each evaluation holds a thread while it waits for DNS.
         # Its own pool, sized for many concurrent connections, keeps SPF from starving
         # the loop's default executor (password hashing) and vice versa.
@@ -363,7 +364,6 @@ class Gate:
         conn.tls = session.ssl is not None
         raw: bytes = envelope.original_content
         ctx = DataContext.from_bytes(raw, smtputf8=txn.smtputf8, now=self.clock(),
-                                     max_line_seen=server.max_line_seen,
                                      mime_part_cap=txn.settings.max_mime_parts + 1 if txn.settings else 1000)
         common = dict(message_id=ctx.message_id or None, size=len(raw))
         for rcpt, bh in txn.blackholed:
@@ -503,13 +503,11 @@ class Gate:
             return domain.rate_limits[kind]
         return getattr(self.limits, kind)
 
-    def _rate_limited_anywhere(self, kind: str) -> bool:
-        return bool(getattr(self.limits, kind)) or any(d.rate_limits.get(kind) for d in self.cfg.domains.values())
 
     async def connect_ip_rate_limit(self, conn: Conn):
         # Counted here; judged at RCPT (rcpt_rate_limits), where the recipient's domain,
         # which may set its own limit, and its sender whitelist are known.
-        if self.state is None or not self._rate_limited_anywhere("ip_rate"):
+        if self.state is None or "ip_rate" not in self._rate_limited:
             return None
         window = self.limits.ip_rate_window
         conn.ip_rate_count = await self.state.hit(f"rate:ip:{window:g}:{conn.client_ip}", window)
@@ -587,7 +585,7 @@ class Gate:
     async def mail_sender_rate_limit(self, conn: Conn, txn: Txn):
         # Counted here, judged at RCPT (see connect_ip_rate_limit).
         who = conn.user or txn.mail_from
-        if self.state is None or not who or not self._rate_limited_anywhere("sender_rate"):
+        if self.state is None or not who or "sender_rate" not in self._rate_limited:
             return None
         txn.sender_rate_count = await self.state.hit(f"rate:sender:60:{who.lower()}", 60.0)
         return None
@@ -672,9 +670,10 @@ class Gate:
         return None
 
     async def rcpt_restricted_address_chars(self, conn, txn, rcpt):
-        if not self._rcpt_settings(conn, rcpt).enabled("restricted_address_chars"):
+        settings = self._rcpt_settings(conn, rcpt)
+        if not settings.enabled("restricted_address_chars"):
             return None
-        return restricted_address_chars(rcpt, self._rcpt_settings(conn, rcpt).allowed_address_chars)
+        return restricted_address_chars(rcpt, settings.allowed_address_chars)
 
     async def rcpt_relay_not_permitted(self, conn: Conn, txn, rcpt):
         if conn.submission:
@@ -896,7 +895,3 @@ def _strongest_evidence(v) -> str:
         if c and c.evidence:
             bits.append(f"{c.id}: " + ", ".join(e.feature for e in c.evidence[:3]))
     return "; ".join(bits)
-
-
-def hostname_default() -> str:
-    return socket.getfqdn()

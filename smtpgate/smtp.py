@@ -5,8 +5,8 @@
   command but QUIT with 503 until the client quits.
 - DATA keeps long lines. aiosmtpd drops a message with a line over 1001 bytes and says
   500; the contract wants such mail quarantined (``line_too_long``, 550 5.6.0) with the
-  longest line reported, so DATA here keeps every byte up to the SIZE limit and tells
-  the handler the longest line it saw. Over SIZE: the rest is read and dropped, then
+  longest line reported, so DATA here keeps every byte up to the SIZE limit (the
+  handler's ``DataContext`` measures the lines). Over SIZE: the rest is read and dropped, then
   552 5.3.4 (RFC 5321 4.5.3.1.10, RFC 3463).
 - ENHANCEDSTATUSCODES (RFC 2034): once advertised, every reply carries an enhanced
   code, aiosmtpd's own too ("503 Error: need MAIL command" becomes
@@ -58,7 +58,6 @@ class GateSMTP(SMTP):
         super().__init__(handler, data_size_limit=max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, **kw)
         self._in_greeting_reply = False
-        self.max_line_seen = 0
 
     # -- replies -------------------------------------------------------------------
     async def push(self, status):
@@ -161,7 +160,6 @@ class GateSMTP(SMTP):
         limit = self.data_size_limit
         data = bytearray()
         too_much = False
-        longest = 0
         line = bytearray()
         # Part of the current line was already read and dropped (over SIZE): what is left
         # of it is no line of its own, so a "." ending it does not end DATA. Without this
@@ -191,9 +189,6 @@ class GateSMTP(SMTP):
             partial = False
             if line.startswith(b"."):
                 del line[0]   # RFC 5321 4.5.2 transparency
-            # RFC 5322 lines end in CRLF, but a bare LF ends a line for every reader
-            # downstream, so a message in bare LFs is measured line by line too.
-            longest = max(longest, max(len(seg) for seg in line[:-2].split(b"\n")))
             if not too_much:
                 if limit and len(data) + len(line) > limit:
                     too_much = True
@@ -206,7 +201,6 @@ class GateSMTP(SMTP):
             self._set_post_data_state()
             return
         self._reset_timeout()   # scoring and relaying get a fresh command timeout
-        self.max_line_seen = longest
         self.envelope.content = self.envelope.original_content = bytes(data)
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
