@@ -362,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--target-fpr", type=float, default=0.001, help="report the threshold meeting this FPR")
     p.set_defaults(func=_threshold)
+
+    # issue #7's admin commands live beside their code; each registers argparse only
+    from smtpgate.quarantine_cli import register as register_quarantine
+    from smtpgate.queue_cli import register as register_queue
+    from training.retrain_cli import register as register_retrain
+
+    register_queue(sub)
+    register_quarantine(sub)
+    register_retrain(sub)
     return ap
 
 

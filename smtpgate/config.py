@@ -263,6 +263,38 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The durable queue (``[queue]``): accepted mail is on disk before the 250, then
+    delivered by workers per route with retries; a permanent failure bounces (DSN)."""
+    enabled: bool = True                      # false: relay synchronously while the sender waits
+    # seconds to wait after the 1st, 2nd, ... temporary failure; the last repeats
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    max_age: float = 5 * 86400.0              # then a tempfailing recipient bounces (RFC 5321 4.5.4.1)
+    workers_per_route: int = 4                # concurrent deliveries to one route
+    connect_timeout: float = 30.0
+    poll_interval: float = 1.0                # how often workers look for due mail
+    keep_delivered: float = 30 * 86400.0      # delivered mail kept for "report as spam"
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    retention: float = 30 * 86400.0           # quarantined mail is purged after this
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Release/report feeding the classifiers (``[feedback]``), with poisoning guards."""
+    learn: bool = True                        # false: record feedback, teach nothing
+    review_release_above: float = 0.99        # releasing a message scored >= this: held for review
+    review_report_below: float = 0.01         # reporting a message scored <= this: held for review
+    per_reporter_hour: int = 30               # learns per reporter per hour (0: no limit)
+    per_reporter_day: int = 200               # learns per reporter per day (0: no limit)
+    min_agreement: float = 0.5                # a reporter agreeing less often with the rest...
+    agreement_min_samples: int = 5            # ...over at least this many shared messages: review
+    trusted: tuple[str, ...] = ()             # reporters whose feedback skips review (not the rate limit)
+
+
+@dataclass(frozen=True)
 class GateConfig:
     hostname: str = "localhost"
     postmaster: str | None = None             # where RCPT TO:<postmaster> goes (RFC 5321 4.5.1)
@@ -300,6 +332,9 @@ class GateConfig:
     state: StateConfig = StateConfig()        # the stateful protections' store
     greylist: GreylistSettings | None = None  # None: greylisting off
     limits: Limits = Limits()
+    queue: QueueConfig = QueueConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
 
     def domain_of(self, address: str) -> Domain | None:
         d = normalise_address(address).rpartition("@")[2]
@@ -513,6 +548,37 @@ def parse(data: dict, base_dir: Path | None = None) -> GateConfig:
             reputation_ttl=gt.take("reputation_days", float, 30.0, lo=1.0, hi=3650.0) * 86400.0,
             learning_window=gt.take("learning_hours", float, 72.0, lo=0.0, hi=8760.0) * 3600.0)
     gt.done()
+    qt = top.sub("queue")
+    schedule = qt.take("retry_schedule", list, None)
+    if schedule is not None:
+        if not schedule or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 1 <= x <= 7 * 86400
+                                   for x in schedule):
+            raise ConfigError(f"queue.retry_schedule: must be a non-empty list of seconds (1 to 604800), got {schedule!r}")
+        schedule = tuple(float(x) for x in schedule)
+    kw["queue"] = QueueConfig(
+        enabled=qt.take("enabled", bool, True),
+        retry_schedule=schedule or QueueConfig.retry_schedule,
+        max_age=qt.take("max_age_hours", float, 120.0, lo=0.01, hi=30 * 24.0) * 3600.0,
+        workers_per_route=qt.take("workers_per_route", int, 4, lo=1, hi=256),
+        connect_timeout=qt.take("connect_timeout", float, 30.0, lo=0.1, hi=600.0),
+        poll_interval=qt.take("poll_interval", float, 1.0, lo=0.01, hi=60.0),
+        keep_delivered=qt.take("keep_delivered_days", float, 30.0, lo=0.0, hi=3650.0) * 86400.0)
+    qt.done()
+    qa = top.sub("quarantine")
+    kw["quarantine"] = QuarantineConfig(
+        retention=qa.take("retention_days", float, 30.0, lo=0.01, hi=3650.0) * 86400.0)
+    qa.done()
+    fb = top.sub("feedback")
+    kw["feedback"] = FeedbackConfig(
+        learn=fb.take("learn", bool, True),
+        review_release_above=fb.take("review_release_above", float, 0.99, lo=0.0, hi=1.0),
+        review_report_below=fb.take("review_report_below", float, 0.01, lo=0.0, hi=1.0),
+        per_reporter_hour=fb.take("per_reporter_hour", int, 30, lo=0, hi=10_000_000),
+        per_reporter_day=fb.take("per_reporter_day", int, 200, lo=0, hi=10_000_000),
+        min_agreement=fb.take("min_agreement", float, 0.5, lo=0.0, hi=1.0),
+        agreement_min_samples=fb.take("agreement_min_samples", int, 5, lo=1, hi=1_000_000),
+        trusted=fb.strings("trusted"))
+    fb.done()
     top.done()
     pm = kw["postmaster"]
     if pm is not None and (normalise_address(pm).rpartition("@")[2] not in domains):
