@@ -184,7 +184,49 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, expected_manifest
         raise BundleError(f"{directory}: malformed bundle ({type(exc).__name__}: {exc})") from exc
 
 
+def _predating(doc: dict) -> None:
+    """Bring a bundle made before a reputation check existed up to date, in memory.
+
+    Its combiner has no weight for the check's feature and its ``specificity`` does not
+    rank the check's classification. The combiner would pad the weight with the
+    bundle's own prior, which it does not have either (0: the check would count for
+    nothing), and an unranked classification loses to any ranked one that decides too
+    (``considered_spam`` to ``content_spam``, which the same report teaches). Both come
+    from the default recipe (training/default_model.toml), as a bundle trained today
+    would have them; an unreadable recipe leaves the bundle as it is.
+    """
+    from .facts import FACT_FEATURES
+
+    combined = doc["combined"]
+    stored = set(combined["state"]["feature_names"])
+    missing = [n for n in FACT_FEATURES if n not in stored]
+    if not missing:
+        return
+    import tomllib
+
+    from training.recipe import DEFAULT_RECIPE   # here: training.recipe imports this module
+
+    try:
+        recipe = tomllib.loads(DEFAULT_RECIPE.read_text())
+    except (OSError, ValueError):
+        return
+    priors = recipe.get("combined", {}).get("fact_weights", {})
+    weights = dict(combined["params"].get("fact_weights") or {})
+    for n in missing:
+        if n not in weights and n in priors:
+            weights[n] = priors[n]
+    combined["params"]["fact_weights"] = weights
+    ranked = list(doc["specificity"])
+    wanted = list(recipe.get("specificity", []))
+    for i, n in enumerate(wanted):
+        if n not in ranked:
+            after = next((ranked.index(m) for m in wanted[i + 1:] if m in ranked), len(ranked))
+            ranked.insert(after, n)
+    doc["specificity"] = ranked
+
+
 def _assemble(directory: pathlib.Path, doc: dict, listed: dict, mdigest: str) -> ModelBundle:
+    _predating(doc)
     ests: dict[str, TokenClassifier] = {}
     for spec in doc["classifiers"]:
         fname = spec["file"]

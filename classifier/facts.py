@@ -25,9 +25,11 @@ GATE_FACTS = (
     "authenticated",
 )
 # The reputation checks' strengths (classifier/reputation/base.Signal.strength), by check.
+# New checks go at the end: a bundle made before one existed gives it its prior weight
+# (CombinedClassifier._set_state, classifier/bundle.py).
 REPUTATION_FEATURES = (
     "pyzor", "neardup", "ucepp", "urlbl", "phishing", "safebrowsing", "external_pattern",
-    "signature_match",
+    "signature_match", "reported",
 )
 FACT_FEATURES = GATE_FACTS + REPUTATION_FEATURES
 

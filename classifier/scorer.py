@@ -8,13 +8,18 @@ The verdict rule, with the data it uses coming from the bundle:
    decides alone. Training sets those thresholds where no out-of-fold ham reached
    them.
 3. A reputation check (``classifier/reputation``: Pyzor, near-duplicates, UCEPP,
-   URLBL, phishing, Safe Browsing, patterns, signatures) adds its strength as a
-   feature of the combined score, and decides alone when its finding is conclusive
-   (a Safe Browsing hit, a digest reported often enough, several URL blocklists).
+   URLBL, phishing, Safe Browsing, patterns, signatures, this installation's reports)
+   adds its strength as a feature of the combined score, and decides alone when its
+   finding is conclusive (a Safe Browsing hit, a digest reported often enough, several
+   URL blocklists).
 4. The message is quarantined when P(spam) >= the recipient's threshold (0.9 by
    default) or a classifier or check decides alone. The responsible classification is
    the most specific one that decided alone, in the bundle's ``specificity`` order,
    else ``combined_score``. An accepted message is ``not_spam``.
+5. A finding of negative strength that decides (the ``reported`` check: an admin
+   released this very body) overrules the statistical part of 4: the threshold and
+   the classifiers' solo decisions, which are what the release corrected. Another
+   check that decides spam still quarantines.
 """
 from __future__ import annotations
 
@@ -136,8 +141,10 @@ class Scorer:
         findings = findings or []
         if findings:
             strengths: dict[str, float] = {}
-            for x in findings:
-                strengths[x.check] = max(strengths.get(x.check, 0.0), x.signal.strength)
+            for x in findings:   # the strongest finding per check, whichever way it points
+                s = x.signal.strength
+                if abs(s) > abs(strengths.get(x.check, 0.0)):
+                    strengths[x.check] = s
             facts = dataclasses.replace(facts or GateFacts(), reputation=strengths)
         combined, per, contrib = b.model.score_detailed(f, facts=facts, evidence=evidence)
         coef = contrib.coef  # the weights the contributions were computed with
@@ -149,12 +156,13 @@ class Scorer:
                 contribution=float(contrib[name]), evidence=s.evidence, abstained=s.abstained,
                 reason=s.reason, solo_threshold=solo,
                 decides_alone=bool(solo is not None and not s.abstained and s.p_spam >= solo)))
-        alone = {r.id for r in results if r.decides_alone}
-        alone |= {x.signal.classification for x in findings if x.signal.decides}
+        ham_decides = any(x.signal.decides and x.signal.strength < 0 for x in findings)
+        alone = set() if ham_decides else {r.id for r in results if r.decides_alone}
+        alone |= {x.signal.classification for x in findings if x.signal.decides and x.signal.strength > 0}
         responsible = next((n for n in b.specificity if n in alone), None)
         if responsible is None and alone:
             responsible = sorted(alone)[0]
-        quarantine = combined.p_spam >= thr or responsible is not None
+        quarantine = (combined.p_spam >= thr and not ham_decides) or responsible is not None
         if quarantine:
             classification = responsible or "combined_score"
         else:

@@ -249,7 +249,7 @@ class ScorerService(pb_grpc.ScorerServicer):
         taught_reputation = None
         if entry.outcome != NOOP and source in ("release", "report", "trap"):
             # the stores are shared files: taught once, here, not by every worker's replay
-            taught_reputation = self._reputation.learn(request.message, label)
+            taught_reputation = self._reputation.learn(request.message, label, who=entry.who)
         self._count("Learn", "OK", t0)
         if self.metrics:
             self.metrics.learns.labels(entry.outcome).inc()

@@ -12,7 +12,7 @@ import pytest
 import gate_zones as z
 from classifier.classifications import get
 from classifier.features import extract
-from classifier.reputation.suite import Reputation, load_config
+from classifier.reputation.suite import Reputation, ReputationConfig, load_config
 from classifier.scorer import Scorer
 from mailgen import simple_message
 from smtpgate.config import ConfigError
@@ -40,7 +40,7 @@ def score(scorer, rep, raw, recipients=("user@home.test",)):
 def test_defaults_need_no_lists_and_say_which_checks_are_off(tmp_path):
     rep = Reputation(load_config(None), tmp_path)
     status = rep.status()
-    assert {c for c, s in status.items() if s == "enabled"} == {"pyzor", "neardup", "ucepp", "phishing"}
+    assert {c for c, s in status.items() if s == "enabled"} == {"pyzor", "neardup", "ucepp", "phishing", "reported"}
     assert status["urlbl"].startswith("disabled: not configured")
 
 
@@ -114,7 +114,8 @@ def test_report_then_release_teaches_the_stores(tmp_path, scorer):
 
 
 def test_pyzor_decides_once_reported_often_enough(tmp_path, scorer):
-    rep = Reputation(load_config(None), tmp_path)
+    # without the reported check, which would name the same local reports considered_spam
+    rep = Reputation(ReputationConfig(reported={"enabled": False}), tmp_path)
     msg = simple_message(NEWSLETTER, subject="club")
     for _ in range(5):
         rep.learn(msg, "spam")

@@ -90,7 +90,7 @@ def load_recipe(path: str | pathlib.Path = DEFAULT_RECIPE) -> Recipe:
             bad(f"combined.tie_weights.{n}", "both sides must be classifier ids of this recipe")
     spec = doc.get("specificity", [])
     reputation_ids = {"pyzor", "ucepp", "urlbl", "phishing", "safebrowsing", "external_pattern",
-                      "signature_match", "content_spam"}   # what classifier/reputation decides
+                      "signature_match", "content_spam", "considered_spam"}   # what classifier/reputation decides
     for n in spec:
         if n not in ids and n not in reputation_ids:
             bad("specificity", f"{n!r} is neither a classifier id of this recipe nor a reputation check's")

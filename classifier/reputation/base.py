@@ -5,7 +5,10 @@ serves (``pyzor``, ``urlbl``, ...), a ``strength`` the combined score weighs (1.
 plain hit; a count or a similarity where the check has one), whether the finding is
 strong enough to decide alone (``decides``: a Safe Browsing hit, a signature match, a
 digest reported often enough), readable evidence, and the values for the reply text's
-placeholders (``{lists}``, ``{list}``, ``{signature}``).
+placeholders (``{lists}``, ``{list}``, ``{signature}``). A finding for ham has a
+negative strength (the ``reported`` check's release of the same body, classification
+``not_spam``); one that decides overrules the statistical classifiers
+(classifier/scorer.py, rule 5).
 
 A check that cannot run (a list that fails to load, a digest store that is down) does
 not raise into the scorer: it is ``Disabled`` with a stated reason, which is logged
@@ -23,7 +26,7 @@ log = logging.getLogger("mailsift.reputation")
 @dataclass(frozen=True, slots=True)
 class Signal:
     classification: str             # an id of the contract table
-    strength: float                 # the feature value the combiner weighs (> 0)
+    strength: float                 # the feature value the combiner weighs (> 0 spam, < 0 ham)
     decides: bool                   # strong enough to quarantine on its own
     evidence: tuple[str, ...]       # short and readable: "url host evil.test on dbl.test"
     reply_args: dict[str, str] = field(default_factory=dict)

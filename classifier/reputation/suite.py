@@ -4,8 +4,8 @@ loaded on its own, run on every message, and taught by feedback.
     mailsift scorer serve --reputation reputation.toml
 
 Without a file, the checks that need no data from an admin run with their defaults:
-``pyzor`` (a digest store in the scorer's state directory), ``neardup``, ``ucepp`` and
-``phishing``. The lists (``urlbl`` zones, the ``safebrowsing`` file, ``external_pattern``
+``pyzor`` (a digest store in the scorer's state directory), ``neardup``, ``ucepp``,
+``phishing`` and ``reported`` (this installation's own reports and releases). The lists (``urlbl`` zones, the ``safebrowsing`` file, ``external_pattern``
 and ``signature_match`` files) run once the file names them. The format is documented
 in README.md ("Reputation checks") with an example file per list.
 
@@ -16,9 +16,13 @@ evidence. Neither stops the scorer.
 
 Learning: ``learn`` is called once per Learn request by the worker that received it (the
 stores are shared files, not per-worker model state). A report (spam) raises the Pyzor
-report count, adds the message to the near-duplicate index and counts its UCEPP tokens
-as spam; a release (ham) whitelists the digest, drops the message's near-duplicates
-from the index and counts its tokens as ham.
+report count, adds the message to the near-duplicate index, counts its UCEPP tokens
+as spam and records the reporter's spam vote on its body; a release (ham) whitelists
+the digest, drops the message's near-duplicates from the index, counts its tokens as
+ham and records the releaser's ham vote.
+
+The Pyzor digest, which both ``pyzor`` and ``reported`` key on, is computed once per
+message (``_Digests``).
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class ReputationConfig:
     safebrowsing: dict = field(default_factory=dict)
     external_pattern: dict = field(default_factory=dict)
     signature_match: dict = field(default_factory=dict)
+    reported: dict = field(default_factory=lambda: {"enabled": True})
 
 
 _CHECK_KEYS = {
@@ -62,7 +67,32 @@ _CHECK_KEYS = {
     "safebrowsing": {"enabled": bool, "file": str},
     "external_pattern": {"enabled": bool, "files": list},
     "signature_match": {"enabled": bool, "files": list, "clamd": str, "timeout": float},
+    "reported": {"enabled": bool, "min_reporters": int, "max_age_days": int},
 }
+
+
+class _Digests:
+    """One message's Pyzor and body digests, computed at most once whichever check
+    asks first (a Pyzor digest parses the whole message: ~0.1 ms for a small one)."""
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self._pyzor: str | None = None
+        self._done = False
+
+    def pyzor(self) -> str | None:
+        if not self._done:
+            from .reported import MAX_PARSE_BYTES
+            from .pyzor import pyzor_digest
+
+            self._pyzor = pyzor_digest(self.raw) if len(self.raw) <= MAX_PARSE_BYTES else None
+            self._done = True
+        return self._pyzor
+
+    def body(self) -> str | None:
+        from .reported import body_digest
+
+        return body_digest(self.raw, self.pyzor())
 
 
 def load_config(path: str | Path | None) -> ReputationConfig:
@@ -203,6 +233,11 @@ class Reputation:
             raise Disabled("signature_match has neither files nor clamd")
         return load_signatures(s["files"])
 
+    def _load_reported(self, s: dict):
+        from .reported import ReportedStore
+
+        return ReportedStore(self.state_dir / "reported.sqlite", max_age_days=s.get("max_age_days", 30))
+
     def status(self) -> dict[str, str]:
         return {c: ("enabled" if c in self.checks else f"disabled: {self.reasons.get(c, '')}")
                 for c in _CHECK_KEYS}
@@ -215,6 +250,7 @@ class Reputation:
         f = features if features is not None else as_features(raw)
         found: list[Finding] = []
         times: dict[str, float] = {}
+        digests = _Digests(raw)
         urlbl_task = None
         if "urlbl" in self.checks:
             urlbl_task = asyncio.ensure_future(self._urlbl(f))
@@ -223,7 +259,7 @@ class Reputation:
                 continue
             t0 = time.perf_counter()
             try:
-                signal = self._run(check, raw, f, recipients or [])
+                signal = self._run(check, raw, f, recipients or [], digests)
             except Exception as exc:   # one message's failure: abstain, say why
                 log.warning("check failed", extra={"fields": {"event": "check_failed", "check": check,
                                                              "error": f"{type(exc).__name__}: {exc}"}})
@@ -244,14 +280,21 @@ class Reputation:
                 found.append(Finding("urlbl", signal))
         return found, times
 
-    def _run(self, check: str, raw: bytes, f: MessageFeatures, recipients: list[str]):
+    def _run(self, check: str, raw: bytes, f: MessageFeatures, recipients: list[str], digests: _Digests):
         c = self.checks[check]
         s = getattr(self.cfg, check)
         if check == "pyzor":
             from .pyzor import pyzor
 
             kw = {k: s[k] for k in ("min_reports", "whitelist_min", "whitelist_factor") if k in s}
-            return pyzor(raw, c, **kw)
+            digest = digests.pyzor()
+            return None if digest is None else pyzor(raw, c, digest=digest, **kw)
+        if check == "reported":
+            from .reported import reported
+
+            digest = digests.body()
+            return None if digest is None else reported(raw, c, digest=digest,
+                                                        min_reporters=s.get("min_reporters", 1))
         if check == "neardup":
             from .neardup import neardup
 
@@ -290,20 +333,20 @@ class Reputation:
 
     # -- learning --------------------------------------------------------------------
     def learn(self, raw: bytes, label: str, features: MessageFeatures | None = None,
-              previous_label: str | None = None) -> dict[str, str]:
-        """Teach the stores one labelled message; returns what each check did."""
+              previous_label: str | None = None, who: str = "unknown") -> dict[str, str]:
+        """Teach the stores one labelled message (``who`` taught it: the reporter or
+        the admin who released it); returns what each check did."""
         f = features if features is not None else as_features(raw)
         done: dict[str, str] = {}
         spam = label == "spam"
-        for check in ("pyzor", "neardup", "ucepp"):
+        digests = _Digests(raw)
+        for check in ("pyzor", "neardup", "ucepp", "reported"):
             if check not in self.checks:
                 continue
             c = self.checks[check]
             try:
                 if check == "pyzor":
-                    from .pyzor import pyzor_digest
-
-                    d = pyzor_digest(raw)
+                    d = digests.pyzor()
                     if d is None:
                         done[check] = "no digest"
                         continue
@@ -321,6 +364,13 @@ class Reputation:
                 elif check == "ucepp":
                     c.learn(f, label)
                     done[check] = f"counted as {label}"
+                elif check == "reported":
+                    d = digests.body()
+                    if d is None:
+                        done[check] = "no body"
+                        continue
+                    c.vote(d, label, who)
+                    done[check] = f"{label} vote on {d}"
             except Exception as exc:
                 done[check] = f"failed: {type(exc).__name__}: {exc}"
                 log.warning("learn failed", extra={"fields": {"event": "reputation_learn_failed",

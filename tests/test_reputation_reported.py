@@ -1,0 +1,240 @@
+"""The ``reported`` check (classifier/reputation/reported.py): this installation's own
+reports and releases, by body digest. A body reported as spam quarantines its copies
+as ``considered_spam``; a released body's copies pass whatever the token classifiers
+say (scorer rule 5), unless another check decides spam; a bundle made before the check
+existed gets its prior weight and rank from the default recipe."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import json
+import random
+import shutil
+
+import pytest
+
+import mailgen
+from classifier.bundle import load_bundle, sha256_bytes
+from classifier.classifications import get
+from classifier.features import extract
+from classifier.reputation.reported import ReportedStore, body_digest, reported
+from classifier.reputation.suite import Reputation, ReputationConfig, load_config
+from classifier.scorer import Scorer
+from mailgen import simple_message
+from smtpgate.config import ConfigError
+
+DAY = 86400.0
+TEXT = ("Dear member, the committee met on Tuesday and agreed the new opening hours for the "
+        "library: weekdays from nine until six, Saturdays until one. Volunteers for the book sale "
+        "should write to the secretary before the end of the month, and bring boxes if they can.")
+
+
+class Clock:
+    def __init__(self, t: float = 1_767_225_600.0):    # 2026-01-01T00:00:00Z
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def copy_of(raw: bytes, to: str, n: int = 1) -> bytes:
+    """The same message to another recipient: its own To, Message-ID and Date."""
+    m = email.message_from_bytes(raw, policy=email.policy.default)
+    for name, value in (("To", to), ("Message-ID", f"<copy{n}.{to}>"), ("Date", f"Fri, 0{n} Jan 2026 10:00:00 +0000")):
+        del m[name]
+        m[name] = value
+    return m.as_bytes()
+
+
+# ---------------------------------------------------------------- the digest
+
+def test_copies_to_other_recipients_share_the_body_digest_and_other_bodies_do_not():
+    raw = simple_message(TEXT, to="a@rcpt.test", headers={"Message-ID": "<1@x>"})
+    d = body_digest(raw)
+    assert d.startswith("pyzor:") and len(d) == len("pyzor:") + 40
+    assert body_digest(copy_of(raw, "b@rcpt.test")) == d
+    assert body_digest(simple_message(TEXT.replace("nine", "ten"))) != d
+
+
+def test_a_body_pyzor_cannot_digest_falls_back_to_its_bytes():
+    picture = base64.encodebytes(bytes(random.Random(1).randrange(256) for _ in range(600))).decode()
+    raw = (b"From: a@sender.test\r\nTo: b@rcpt.test\r\nSubject: pic\r\nContent-Type: image/png\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + picture.encode().replace(b"\n", b"\r\n"))
+    d = body_digest(raw)
+    assert d.startswith("body:")
+    assert body_digest(raw.replace(b"To: b@rcpt.test", b"To: c@rcpt.test")) == d
+    assert body_digest(raw.replace(b"\r\n", b"\n")) == d                 # line ends do not matter
+    assert body_digest(b"Subject: nothing\r\n\r\n  \r\n") is None
+
+
+# ---------------------------------------------------------------- the store
+
+@pytest.fixture
+def store(tmp_path):
+    clock = Clock()
+    s = ReportedStore(tmp_path / "reported.sqlite", clock=clock)
+    s.clock_ = clock
+    yield s
+    s.close()
+
+
+def test_the_latest_vote_decides_and_the_count_is_who_holds_it(store):
+    assert store.standing("pyzor:x") is None
+    store.vote("pyzor:x", "spam", "alice")
+    store.vote("pyzor:x", "spam", "bob")
+    s = store.standing("pyzor:x")
+    assert (s.label, s.reporters) == ("spam", 2)
+    store.vote("pyzor:x", "ham", "admin")          # released: the same tick of the clock still orders
+    assert (store.standing("pyzor:x").label, store.standing("pyzor:x").reporters) == ("ham", 1)
+    store.vote("pyzor:x", "spam", "carol")
+    assert (store.standing("pyzor:x").label, store.standing("pyzor:x").reporters) == ("spam", 3)
+    store.vote("pyzor:x", "ham", "alice")           # alice changed her mind: one vote each
+    assert (store.standing("pyzor:x").label, store.standing("pyzor:x").reporters) == ("ham", 2)
+    with pytest.raises(ValueError):
+        store.vote("pyzor:x", "maybe", "alice")
+
+
+def test_votes_expire(store):
+    store.vote("pyzor:old", "spam", "alice")
+    store.clock_.t += 20 * DAY
+    store.vote("pyzor:new", "spam", "alice")
+    store.clock_.t += 11 * DAY
+    assert store.standing("pyzor:old") is None and store.standing("pyzor:new") is not None
+    assert len(store) == 1 and store.purge() == 1
+
+
+def test_the_finding_names_how_many_and_when_but_nobody(store):
+    raw = simple_message(TEXT)
+    assert reported(raw, store) is None
+    store.vote(body_digest(raw), "spam", "alice@site.test")
+    store.vote(body_digest(raw), "spam", "bob@site.test")
+    s = reported(raw, store)
+    assert (s.classification, s.decides, s.evidence) == (
+        "considered_spam", True, ("reported as spam by 2 reporters, last 2026-01-01",))
+    assert s.strength == pytest.approx(1.69314718)
+    assert not s.reply_args
+    assert reported(raw, store, min_reporters=3).decides is False
+    store.vote(body_digest(raw), "ham", "admin@site.test")
+    h = reported(raw, store)
+    assert (h.classification, h.strength, h.decides, h.evidence) == (
+        "not_spam", -1.0, True, ("released as not spam by 1 reporter, last 2026-01-01",))
+
+
+# ---------------------------------------------------------------- in the suite
+
+def test_on_by_default_and_configurable(tmp_path):
+    assert Reputation(load_config(None), tmp_path).status()["reported"] == "enabled"
+    (tmp_path / "r.toml").write_text("[reported]\nmin_reporters = 2\nmax_age_days = 7\n")
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    assert rep.cfg.reported == {"enabled": True, "min_reporters": 2, "max_age_days": 7}
+    assert rep.checks["reported"].max_age_days == 7
+    (tmp_path / "bad.toml").write_text("[reported]\nmin_reports = 2\n")
+    with pytest.raises(ConfigError, match=r"reported\.min_reports: unknown key"):
+        load_config(tmp_path / "bad.toml")
+
+
+def test_the_pyzor_digest_is_computed_once_per_message(tmp_path, monkeypatch):
+    from classifier.reputation import pyzor as pyzor_module
+
+    calls = []
+    real = pyzor_module.pyzor_digest
+    monkeypatch.setattr(pyzor_module, "pyzor_digest", lambda raw: calls.append(1) or real(raw))
+    rep = Reputation(load_config(None), tmp_path)
+    raw = simple_message(TEXT)
+    assert rep.learn(raw, "spam", who="alice")["reported"] == f"spam vote on {body_digest(raw)}"
+    assert len(calls) == 1
+    asyncio.run(rep.evaluate(raw, extract(raw)))
+    assert len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def scorer(fitted_bundle):
+    return Scorer.load(fitted_bundle)
+
+
+def score(scorer, rep, raw):
+    f = extract(raw)
+    findings, _ = asyncio.run(rep.evaluate(raw, f, ["user@home.test"]))
+    return scorer.score(f, findings=findings)
+
+
+def spam_the_model_is_sure_of(scorer, rep):
+    for i in range(50):
+        raw = mailgen.make_message("spam", random.Random(700 + i), i)
+        v = score(scorer, rep, raw)
+        if v.verdict == "quarantine" and v.classification != "combined_score":
+            return raw, v
+    raise AssertionError("no generated spam that a classifier decides alone")
+
+
+def test_a_reported_body_quarantines_its_copies_as_considered_spam(tmp_path, scorer):
+    rep = Reputation(load_config(None), tmp_path)
+    raw = simple_message(TEXT, to="alice@home.test")
+    assert score(scorer, rep, raw).verdict == "accept"
+    rep.learn(raw, "spam", who="alice@home.test")
+    v = score(scorer, rep, copy_of(raw, "bob@home.test"))
+    assert (v.verdict, v.classification) == ("quarantine", "considered_spam")
+    assert v.reply() == get("considered_spam").reply() == "550 5.7.1 Message considered spam"
+    r = next(x for x in v.reputation if x.check == "reported")
+    assert r.decides_alone and r.evidence[0].startswith("reported as spam by 1 reporter, last ")
+    assert r.weight == 5.0 and "alice" not in " ".join(r.evidence)
+
+
+def test_a_released_body_passes_whatever_the_token_classifiers_say(tmp_path, scorer):
+    rep = Reputation(load_config(None), tmp_path)
+    raw, before = spam_the_model_is_sure_of(scorer, rep)
+    assert any(c.decides_alone for c in before.classifiers)
+    rep.learn(raw, "ham", who="admin@home.test")
+    v = score(scorer, rep, copy_of(raw, "bob@home.test"))
+    assert (v.verdict, v.classification) == ("accept", "not_spam")
+    r = next(x for x in v.reputation if x.check == "reported")
+    assert (r.classification, r.strength, r.decides_alone) == ("not_spam", -1.0, True)
+    assert r.contribution == pytest.approx(-5.0)
+    assert v.score < before.score
+
+
+def test_a_release_does_not_overrule_another_check_that_decides_spam(tmp_path, scorer):
+    (tmp_path / "patterns.toml").write_text('list = "layouts"\n[[pattern]]\nname = "library"\n'
+                                            'target = "body"\nregex = "opening hours for the library"\n')
+    (tmp_path / "r.toml").write_text('[external_pattern]\nfiles = ["patterns.toml"]\n')
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    raw = simple_message(TEXT)
+    rep.learn(raw, "ham", who="admin@home.test")
+    v = score(scorer, rep, copy_of(raw, "bob@home.test"))
+    assert (v.verdict, v.classification) == ("quarantine", "external_pattern")
+
+
+def test_a_bundle_older_than_the_check_gets_its_prior_and_rank_from_the_recipe(tmp_path, fitted_bundle):
+    old = tmp_path / "old"
+    shutil.copytree(fitted_bundle, old)
+    doc = json.loads((old / "bundle.json").read_bytes())
+    state, params = doc["combined"]["state"], doc["combined"]["params"]
+    at = state["feature_names"].index("reported")
+    assert at == len(state["feature_names"]) - 1
+    del state["feature_names"][at], state["coef"][at], params["fact_weights"]["reported"]
+    doc["specificity"].remove("considered_spam")
+    raw = json.dumps(doc).encode()
+    (old / "bundle.json").write_bytes(raw)
+    manifest = json.loads((old / "manifest.json").read_bytes())
+    manifest["files"]["bundle.json"] = {"sha256": sha256_bytes(raw), "bytes": len(raw)}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+
+    b = load_bundle(old)
+    assert dict(zip(b.model.feature_names(), b.model.coef_))["reported"] == 5.0
+    assert b.specificity.index("considered_spam") == b.specificity.index("pyzor") - 1
+    # and so a reported copy is named for the report, not for the near-duplicate index
+    rep = Reputation(load_config(None), tmp_path / "state")
+    raw = simple_message(TEXT)
+    rep.learn(raw, "spam", who="alice")
+    v = score(Scorer(b), rep, copy_of(raw, "bob@home.test"))
+    assert v.classification == "considered_spam"
+    assert {"content_spam", "considered_spam"} <= {r.classification for r in v.reputation if r.decides_alone}
+
+
+def test_without_the_check_the_suite_learns_and_scores_as_before(tmp_path, scorer):
+    rep = Reputation(ReputationConfig(reported={"enabled": False}), tmp_path)
+    raw = simple_message(TEXT)
+    assert "reported" not in rep.learn(raw, "spam", who="alice")
+    assert not any(r.check == "reported" for r in score(scorer, rep, raw).reputation)
