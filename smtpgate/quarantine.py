@@ -82,7 +82,7 @@ CREATE INDEX IF NOT EXISTS messages_stored ON messages (stored);
 CREATE INDEX IF NOT EXISTS messages_day ON messages (day);
 CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender);
 CREATE INDEX IF NOT EXISTS messages_sender_domain ON messages (sender_domain);
-CREATE INDEX IF NOT EXISTS messages_classification ON messages (classification);
+CREATE INDEX IF NOT EXISTS messages_classification ON messages (classification, stored);
 CREATE TABLE IF NOT EXISTS rcpts (
     id TEXT NOT NULL,
     rcpt TEXT NOT NULL,
