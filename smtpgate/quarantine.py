@@ -186,7 +186,8 @@ def _fsync_dir(path: Path) -> None:
 
 def subject_of(message: bytes) -> str | None:
     """The Subject, RFC 2047 words decoded, truncated to ``SUBJECT_MAX`` characters."""
-    block = message[:headers._header_block_end(message)]
+    # a message with no end to its header block is not read whole for its Subject
+    block = message[:min(headers._header_block_end(message), 256 * 1024)]
     try:
         value = BytesHeaderParser(policy=policy.default).parsebytes(block).get("Subject")
         value = None if value is None else str(value)

@@ -215,6 +215,7 @@ def _show(a) -> int:
 
 def _release(a) -> int:
     from .quarantine import QuarantineError
+    from .queue import QueueError
 
     cfg = _config(a)
     if cfg is None:
@@ -226,7 +227,7 @@ def _release(a) -> int:
             feedback = _feedback(cfg)
         r = q.release(a.id, queue=queue, feedback=feedback, who=_who(a), why=a.why, to=a.to,
                       force=a.force, learn=not a.no_learn)
-    except QuarantineError as exc:
+    except (QuarantineError, QueueError) as exc:
         return _fail(str(exc))
     finally:
         q.close()
@@ -285,7 +286,10 @@ def _reindex(a) -> int:
 
 
 def _report(a) -> int:
+    from training.feedback import FeedbackError
+
     from .quarantine import QuarantineError, report_spam
+    from .queue import QueueError
 
     cfg = _config(a)
     if cfg is None:
@@ -304,7 +308,7 @@ def _report(a) -> int:
     try:
         r = report_spam(queue, feedback, queue_id=a.queue_id, message=message, who=_who(a), why=a.why,
                         hostname=cfg.hostname)
-    except QuarantineError as exc:
+    except (QuarantineError, QueueError, FeedbackError) as exc:
         return _fail(str(exc))
     finally:
         queue.close()
