@@ -25,14 +25,13 @@ import time
 import numpy as np
 from sklearn.base import clone
 
-from classifier.bundle import ModelBundle
 from classifier.features import extract
 from classifier.scorer import Scorer
 
 from .corpus import batch_split, read_corpus
 from .metrics import evaluate_scores
 from .recipe import DEFAULT_RECIPE, build_model, load_recipe
-from .train import extract_all, solo_thresholds
+from .train import extract_all, fit_bundle
 
 
 def _cpu() -> float:
@@ -41,14 +40,7 @@ def _cpu() -> float:
 
 def fit_scorer(recipe, feats, y, jobs: int | None, version: str) -> tuple[Scorer, float]:
     """The recipe fitted on ``feats``/``y`` as an in-memory bundle; (scorer, fit seconds)."""
-    model = build_model(recipe, n_jobs=jobs)
-    t0 = time.perf_counter()
-    model.fit(feats, y)
-    fit_s = time.perf_counter() - t0
-    bundle = ModelBundle(model=model, version=version, threshold=recipe.threshold,
-                         tolerant_threshold=recipe.tolerant_threshold,
-                         solo_thresholds=solo_thresholds(model, recipe.solo_grid, recipe.solo_margin),
-                         specificity=recipe.specificity)
+    bundle, fit_s = fit_bundle(recipe, feats, y, version, jobs)
     return Scorer(bundle), fit_s
 
 

@@ -96,7 +96,9 @@ def library_versions() -> dict:
 
 
 def model_card(bundle: ModelBundle, recipe, corpus_desc: dict, command: str, evaluation: dict | None,
-               sizes: dict, load_seconds: float) -> str:
+               sizes: dict, load_seconds: float, notes: list[str] | None = None) -> str:
+    """The bundle's MODEL_CARD.md; ``notes`` are lines of a section of their own (how a
+    retrained bundle was made: the feedback it folded in, its evaluation)."""
     t = bundle.training
     lines = [
         f"# Model card: mailsift bundle `{bundle.version}`",
@@ -147,6 +149,8 @@ def model_card(bundle: ModelBundle, recipe, corpus_desc: dict, command: str, eva
     ]
     for n, r in t.get("oof", {}).items():
         lines.append(f"- {n}: {r['oof_roca_pct']:.4f}")
+    if notes:
+        lines += ["", *notes]
     lines += ["", "## Measured quality", ""]
     if evaluation:
         b = evaluation if evaluation.get("protocol") == "batch" else evaluation.get("batch", {})
@@ -194,6 +198,47 @@ def model_card(bundle: ModelBundle, recipe, corpus_desc: dict, command: str, eva
     return "\n".join(lines)
 
 
+def fit_bundle(recipe, feats, y, version: str, jobs: int | None = 0, training: dict | None = None,
+               progress: bool = False) -> tuple[ModelBundle, float]:
+    """The recipe fitted on ``feats``/``y`` as an in-memory bundle; (bundle, fit seconds).
+    ``progress`` shows a progress bar of the fits (on a terminal)."""
+    bar = None
+    callback = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="fit", unit="fit", disable=None, leave=False)
+
+        def callback(what, k, n):
+            bar.total = n
+            bar.set_postfix_str(what)
+            bar.update()
+
+    model = build_model(recipe, progress=callback, n_jobs=jobs)
+    t0 = time.perf_counter()
+    model.fit(feats, y)
+    fit_s = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    bundle = ModelBundle(model=model, version=version, threshold=recipe.threshold,
+                         tolerant_threshold=recipe.tolerant_threshold,
+                         solo_thresholds=solo_thresholds(model, recipe.solo_grid, recipe.solo_margin),
+                         specificity=recipe.specificity, training=dict(training or {}))
+    return bundle, fit_s
+
+
+def write_bundle(bundle: ModelBundle, out, recipe, corpus_desc: dict, command: str,
+                 evaluation: dict | None = None, notes: list[str] | None = None) -> None:
+    """Save ``bundle`` to ``out`` with its model card (which reports the bundle's size
+    and load time, so it is written twice)."""
+    save_bundle(bundle, out)
+    t0 = time.perf_counter()
+    load_bundle(out)
+    load_s = time.perf_counter() - t0
+    sizes = {p.name: p.stat().st_size for p in sorted(pathlib.Path(out).iterdir()) if p.suffix in (".npz", ".json")}
+    save_bundle(bundle, out, model_card(bundle, recipe, corpus_desc, command, evaluation, sizes, load_s, notes))
+
+
 def train(corpus: str, out: str, recipe_path=DEFAULT_RECIPE, version: str | None = None,
           evaluation: str | None = None, jobs: int = 0, fmt: str = "auto", argv=None) -> ModelBundle:
     recipe = load_recipe(recipe_path)
@@ -204,42 +249,17 @@ def train(corpus: str, out: str, recipe_path=DEFAULT_RECIPE, version: str | None
     t_extract = time.perf_counter() - t0
     y = [1 if m.label == "spam" else 0 for m in msgs]
 
-    from tqdm import tqdm
-
-    bar = tqdm(desc="fit", unit="fit", disable=None, leave=False)
-
-    def progress(what, k, n):
-        bar.total = n
-        bar.set_postfix_str(what)
-        bar.update()
-
-    model = build_model(recipe, progress=progress, n_jobs=jobs)
-    t0 = time.perf_counter()
-    model.fit(feats, y)
-    t_fit = time.perf_counter() - t0
-    bar.close()
-
     today = datetime.date.today()
     version = version or f"{today:%Y.%m.%d}-{pathlib.Path(corpus).resolve().name}"
-    bundle = ModelBundle(
-        model=model, version=version, threshold=recipe.threshold,
-        tolerant_threshold=recipe.tolerant_threshold,
-        solo_thresholds=solo_thresholds(model, recipe.solo_grid, recipe.solo_margin), specificity=recipe.specificity,
-        training={
-            "date": today.isoformat(), "corpus": str(corpus), "corpus_order": c.description,
-            "n": len(msgs), "n_spam": sum(y), "n_ham": len(y) - sum(y),
-            "recipe": recipe.text, "libraries": library_versions(),
-            "extract_seconds": t_extract, "fit_seconds": t_fit, "oof": oof_report(model),
-        })
+    bundle, t_fit = fit_bundle(recipe, feats, y, version, jobs, progress=True, training={
+        "date": today.isoformat(), "corpus": str(corpus), "corpus_order": c.description,
+        "n": len(msgs), "n_spam": sum(y), "n_ham": len(y) - sum(y),
+        "recipe": recipe.text, "libraries": library_versions(),
+        "extract_seconds": t_extract})
+    bundle.training.update(fit_seconds=t_fit, oof=oof_report(bundle.model))
     command = "mailsift " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     ev = json.loads(pathlib.Path(evaluation).read_text()) if evaluation else None
     corpus_desc = {"source": corpus, "description": c.description, "n": len(msgs),
                    "n_spam": sum(y), "n_ham": len(y) - sum(y)}
-    # write once to measure size and load time, then again with the card that reports them
-    save_bundle(bundle, out)
-    t0 = time.perf_counter()
-    load_bundle(out)
-    load_s = time.perf_counter() - t0
-    sizes = {p.name: p.stat().st_size for p in sorted(pathlib.Path(out).iterdir()) if p.suffix in (".npz", ".json")}
-    save_bundle(bundle, out, model_card(bundle, recipe, corpus_desc, command, ev, sizes, load_s))
+    write_bundle(bundle, out, recipe, corpus_desc, command, ev)
     return bundle

@@ -1,0 +1,376 @@
+"""mailsift retrain: a candidate bundle from the corpus plus the learn log, refused when
+feedback poisons it, promoted when feedback teaches it a campaign the current bundle
+misses; the models directory (atomic ``current``, kept versions, rollback); and a real
+scorer serving <models>/current that reloads the promoted bundle.
+
+Everything runs on a small generated corpus (tests/mailgen.py) with a 3-fold recipe, so
+one retrain takes about a second. The current bundle of every test was trained on that
+corpus without the validation slice, as the retrain job's own bundles are, so the
+comparison is the fair one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from email.message import EmailMessage
+from types import SimpleNamespace
+
+import pytest
+
+import mailgen
+from classifier.bundle import BundleError, load_bundle, save_bundle
+from classifier.features import message_digest
+from classifier.learnlog import LearnLog
+from classifier.scorer import Scorer
+from training.corpus import read_corpus
+from training.recipe import DEFAULT_RECIPE, load_recipe
+from training.retrain import (DEFAULT_SLICE, ModelStore, Retrain, RetrainError, decide, read_learnlog,
+                              rollback, split_feedback)
+from training.train import extract_all, fit_bundle
+
+BASE = "base-1"
+CAMPAIGN = ("crypto airdrop wallet token claim presale blockchain ethereum staking yield ledger"
+            " seed phrase verify").split()
+
+
+def campaign_message(rng: random.Random, i: int) -> bytes:
+    """A spam campaign dressed as the corpus' ham (a list member's mail from a known
+    mailer), selling words the corpus never saw: the base bundle lets it through."""
+    m = EmailMessage()
+    m["From"] = f'"Dev {rng.randint(1, 40)}" <dev{rng.randint(1, 40)}@example.org>'
+    m["To"] = "user@example.com"
+    m["Subject"] = " ".join(rng.choice(CAMPAIGN) for _ in range(3)).title()
+    m["List-Id"] = "<dev.lists.example.org>"
+    m["X-Mailer"] = "Thunderbird 115"
+    words = [rng.choice(CAMPAIGN if rng.random() < 0.5 else mailgen.COMMON) for _ in range(60)]
+    m.set_content(" ".join(words) + f"\n\nhttp://claim-{i % 5}.example.net/airdrop\n")
+    return bytes(m)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The corpus, a 3-fold recipe, and a models directory seeded with a bundle trained
+    on the corpus without the validation slice (recorded in its training)."""
+    # The MIME boundaries of multipart spam come from the global random: seed it, so
+    # the corpus, its digests and its validation slice are the same in every run
+    random.seed(11)
+    root = tmp_path_factory.mktemp("retrain")
+    corpus = mailgen.write_corpus(root / "corpus", 60, 90, seed=1)
+    recipe_path = root / "recipe.toml"
+    recipe_path.write_text(DEFAULT_RECIPE.read_text().replace("cv = 5", "cv = 3"))
+    recipe = load_recipe(recipe_path)
+    msgs = read_corpus(corpus).canonical()
+    feats = extract_all(msgs, 1)
+    keep = [(f, int(m.is_spam)) for f, m in zip(feats, msgs) if f.digest not in DEFAULT_SLICE]
+    bundle, _ = fit_bundle(recipe, [f for f, _ in keep], [y for _, y in keep], BASE, 1,
+                           training={"validation_slice": DEFAULT_SLICE.describe()})
+    save_bundle(bundle, root / "base", model_card="# base\n")
+    store = ModelStore(root / "models")
+    with store.lock():
+        store.seed(root / "base")
+    return SimpleNamespace(root=root, corpus=corpus, recipe=recipe_path, models=root / "models",
+                           bundle=root / "base")
+
+
+@pytest.fixture
+def env(base, tmp_path):
+    """A fresh copy of the seeded models directory and an empty learn log."""
+    models = tmp_path / "models"
+    shutil.copytree(base.models, models, symlinks=True)
+    return SimpleNamespace(base=base, models=models, store=ModelStore(models), learnlog=tmp_path / "learnlog.sqlite")
+
+
+def record(path, items) -> list:
+    """Learn (message, label, source) items into the learn log at ``path``, in order."""
+    log = LearnLog(str(path))
+    try:
+        return [log.record(message_digest(raw), label, source, "alice", ["cluster_tokens"], raw)
+                for raw, label, source in items]
+    finally:
+        log.close()
+
+
+def job(env, **kw) -> Retrain:
+    return Retrain(corpus=str(env.base.corpus), models=env.models, learnlog=env.learnlog, recipe=env.base.recipe,
+                   threshold=0.9, jobs=1, **kw)
+
+
+def good_feedback(seed: int = 7) -> list:
+    """Reports of a new campaign and releases of ordinary ham, interleaved."""
+    rng = random.Random(seed)
+    items = [(campaign_message(rng, i), "spam", "report") for i in range(40)]
+    items += [(mailgen.make_message("ham", rng, rng.randint(0, 150)), "ham", "release") for _ in range(20)]
+    rng.shuffle(items)
+    return items
+
+
+# ---------------------------------------------------------------- the two outcomes
+
+def test_poisoned_feedback_is_refused_and_current_stays(env):
+    # spam from the corpus' own campaigns, released as ham: on the held-out part (same
+    # wrong labels) the candidate looks better; the validation slice shows the harm
+    rng = random.Random(3)
+    record(env.learnlog, [(mailgen.make_message("spam", rng, rng.randint(0, 150)), "ham", "release")
+                          for _ in range(60)])
+    before = sorted(p.name for p in (env.models / "versions").iterdir())
+
+    result = job(env).run()
+
+    assert not result.promoted
+    assert env.store.current_version() == BASE
+    assert sorted(p.name for p in (env.models / "versions").iterdir()) == before   # no candidate left behind
+    report = json.loads((result.report_dir / "report.json").read_text())
+    dec = report["decision"]
+    assert dec == {"promote": False, "promoted": False, "reasons": dec["reasons"]}
+    assert dec["reasons"][0].startswith("refused: the candidate lets more spam through")
+    assert any(r.startswith("validation: FNR%") and " > current " in r for r in dec["reasons"])
+    val = report["evaluation"]["validation"]
+    assert val["candidate"]["fn"] > val["current"]["fn"]
+    # the poison does look like an improvement where its own labels judge it
+    held = report["evaluation"]["held_out_feedback"]
+    assert held["n"] == 12 and held["n_ham"] == 12
+    assert held["candidate"]["fp"] < held["current"]["fp"]
+    assert report["current"]["validation_fair"] is True
+    assert report["data"]["feedback"]["labelled"]["ham"] == 60
+    summary = (result.report_dir / "summary.txt").read_text()
+    assert "REFUSED, current unchanged" in summary and "validation" in summary
+    assert (result.report_dir / "roc.png").stat().st_size > 1000
+    assert not (env.models / "history.jsonl").read_text().count('"promote"')
+
+
+def test_campaign_feedback_is_promoted_previous_kept_and_rollback_works(env):
+    entries = record(env.learnlog, good_feedback())
+    rng = random.Random(99)
+    fresh = [campaign_message(rng, i) for i in range(10)]   # the campaign's next messages
+    assert all(Scorer(load_bundle(env.models / "current")).score(m).verdict == "accept" for m in fresh)
+
+    result = job(env).run()
+
+    assert result.promoted, result.summary
+    new = result.version
+    assert env.store.current_version() == new
+    assert (env.models / "current").is_symlink()
+    assert (env.models / "versions" / BASE / "manifest.json").exists()    # the previous one is kept
+    served = Scorer(load_bundle(env.models / "current"))
+    assert served.version == new
+    assert all(served.score(m).verdict == "quarantine" for m in fresh)
+
+    t = served.bundle.training
+    held = result.report["data"]["feedback"]["held_out"]["n"]
+    assert held == 12
+    folded_ids = sorted(e.id for e in entries)[:-held]
+    # entries were recorded in id order, so the newest 12 are held out and replayed online
+    assert t["learnlog_upto"] == folded_ids[-1]
+    assert t["validation_slice"] == DEFAULT_SLICE.describe() and t["retrained_from"] == BASE
+    cluster = dict(served.bundle.model.feedback_estimators_)["cluster_tokens"]
+    assert sum(cluster.n_learned()) == len(folded_ids)   # the folded feedback is in cluster_tokens
+    card = (env.models / "current" / "MODEL_CARD.md").read_text()
+    assert "## Retraining" in card and f"learn log up to id {folded_ids[-1]}" in card
+    ev = result.report["evaluation"]["held_out_feedback"]
+    assert ev["candidate"]["fn"] < ev["current"]["fn"]
+    assert "PROMOTED, now current" in (result.report_dir / "summary.txt").read_text()
+
+    back = rollback(env.models)
+    assert back["version"] == BASE and back["previous"] == new and back["reload"] == []
+    assert env.store.current_version() == BASE
+    assert rollback(env.models, new)["version"] == new
+    with pytest.raises(RetrainError, match="already current"):
+        rollback(env.models, new)
+    actions = [json.loads(x)["action"] for x in (env.models / "history.jsonl").read_text().splitlines()]
+    assert actions == ["seed", "promote", "rollback", "rollback"]
+    assert [(v.version, v.current) for v in env.store.versions()] == [(BASE, False), (new, True)]
+
+
+def test_dry_run_evaluates_and_promotes_nothing(env):
+    record(env.learnlog, good_feedback())
+    result = job(env, dry_run=True).run()
+    assert result.report["decision"]["promote"] and not result.promoted
+    assert env.store.current_version() == BASE
+    assert [p.name for p in (env.models / "versions").iterdir()] == [BASE]
+    assert "would be promoted (dry run)" in result.summary
+
+
+def test_first_use_seeds_with_the_running_bundle(base, tmp_path):
+    models = tmp_path / "models"
+    result = Retrain(corpus=str(base.corpus), models=models, learnlog=tmp_path / "none.sqlite",
+                     recipe=base.recipe, threshold=0.9, jobs=1, seed_from=base.bundle, dry_run=True).run()
+    store = ModelStore(models)
+    assert store.current_version() == BASE and result.report["current"]["version"] == BASE
+    assert not (tmp_path / "none.sqlite").exists()   # a missing learn log is not created
+    assert any("no learn log" in w for w in result.report["warnings"])
+    assert json.loads((models / "history.jsonl").read_text())["action"] == "seed"
+
+
+# ---------------------------------------------------------------- the pieces
+
+def test_learnlog_current_labels_and_holdout_split(tmp_path):
+    rng = random.Random(5)
+    a, b, c, d = (mailgen.make_message("ham", rng, i) for i in range(4))
+    path = tmp_path / "learnlog.sqlite"
+    e = record(path, [(a, "spam", "report"), (b, "ham", "release"), (a, "spam", "report"),   # a no-op
+                      (c, "ham", "release"), (b, "spam", "report"), (d, "spam", "trap")])     # b changes its mind
+    items, last = read_learnlog(path)
+    assert last == e[-1].id
+    # one item per message, with its last label, ordered by the entry that set it
+    assert [(i.digest, i.label, i.log_id) for i in items] == [
+        (message_digest(a), "spam", e[0].id), (message_digest(c), "ham", e[3].id),
+        (message_digest(b), "spam", e[4].id), (message_digest(d), "spam", e[5].id)]
+    assert items[0].message == a and items[2].source == "report"
+
+    folded, held = split_feedback(items, current_upto=0, holdout=0.5)
+    assert [i.log_id for i in folded] == [e[0].id, e[3].id] and [i.log_id for i in held] == [e[4].id, e[5].id]
+    # what the current bundle folded in already is never held out: only the rest is split
+    folded, held = split_feedback(items, current_upto=e[4].id, holdout=0.5)
+    assert [i.log_id for i in folded] == [e[0].id, e[3].id, e[4].id] and [i.log_id for i in held] == [e[5].id]
+    assert split_feedback(items, 0, 0.0)[1] == []
+    with pytest.raises(ValueError):
+        split_feedback(items, 0, 1.0)
+
+
+def test_validation_slice_is_a_fixed_hash_slice():
+    assert "0000000a" + "0" * 56 in DEFAULT_SLICE          # 10 % 10 == 0
+    assert "0000000b" + "0" * 56 not in DEFAULT_SLICE
+    assert DEFAULT_SLICE.describe()["rule"] == "int(sha256[:8], 16) % 10 == 0"
+
+
+def _set(n_ham, n_spam, cur, cand):
+    """An evaluation set's measures: (fp, fn, roca_pct) of current and candidate."""
+    def m(fp, fn, roca):
+        return {"fp": fp, "fn": fn, "roca_pct": roca}
+    return {"n": n_ham + n_spam, "n_ham": n_ham, "n_spam": n_spam, "current": m(*cur), "candidate": m(*cand)}
+
+
+def test_decide_fpr_first_then_roca_then_fnr():
+    # better ranking and fewer spam missed do not buy one more ham quarantined
+    ok, why = decide({"validation": _set(100, 50, (0, 5, 0.5), (1, 0, 0.1))}, tolerance=0.5)
+    assert not ok and why[0].startswith("refused: the candidate quarantines more ham")
+    assert "validation: FPR% 1.0000 (1 of 100 ham) > current 0.0000" in why
+    ok, why = decide({"validation": _set(100, 50, (1, 5, 0.5), (1, 0, 0.6))}, tolerance=0.0)
+    assert not ok and why[0].startswith("refused: the candidate ranks spam and ham worse")
+    ok, why = decide({"validation": _set(100, 50, (1, 5, 0.5), (1, 5, 0.6))}, tolerance=0.25)
+    assert ok and "validation: 1-ROCA% 0.6000 <= current 0.5000 (limit 0.6250)" in why
+    ok, why = decide({"validation": _set(100, 50, (0, 2, 0.5), (0, 3, 0.5))}, tolerance=0.0)
+    assert not ok and why[0].startswith("refused: the candidate lets more spam through")
+    # a set of one class compares what it can; an empty set is skipped
+    ok, why = decide({"validation": _set(10, 10, (0, 0, 0.0), (0, 0, 0.0)),
+                      "held_out_feedback": _set(0, 8, (0, 8, None), (0, 0, None)),
+                      "empty": _set(0, 0, (0, 0, None), (0, 0, None))}, tolerance=0.0)
+    assert ok and "held_out_feedback: no ham, FPR not compared" in why
+    assert not any(w.startswith("empty") for w in why)
+    ok, why = decide({"validation": _set(0, 0, (0, 0, None), (0, 0, None))}, tolerance=0.0)
+    assert not ok and "nothing to evaluate on" in why[0]
+
+
+def test_store_keeps_the_newest_versions_and_never_the_current_one(base, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    src = load_bundle(base.bundle)
+
+    def writer(version):
+        def write(tmp):
+            src.version = version
+            save_bundle(src, tmp)
+        return write
+
+    with store.lock():
+        store.seed(base.bundle)
+        for v in ("v2", "v3", "v4"):
+            store.add(writer(v), v)
+            store.switch(v, "promote")
+        store.switch(BASE, "rollback")             # the oldest is current again
+        assert store.prune(keep=2) == ["v2"]       # the newest two kept, and the current one
+        assert store.free_name("v3") == "v3-2"
+        with pytest.raises(RetrainError, match="letters, digits"):
+            store.free_name("../evil")
+        with pytest.raises(RetrainError, match="another retrain"), store.lock():
+            pass
+    assert [v.version for v in store.versions()] == [BASE, "v3", "v4"]
+    assert store.previous_of("v4") == "v3" and store.previous_of(BASE) is None
+    assert load_bundle(tmp_path / "models" / "current").version == BASE
+
+    # a bundle that fails its manifest never enters the directory
+    def broken(tmp):
+        writer("v5")(tmp)
+        npz = next(tmp.glob("*.npz"))
+        npz.write_bytes(npz.read_bytes() + b"x")
+    with store.lock(), pytest.raises(BundleError, match="SHA-256"):
+        store.add(broken, "v5")
+    assert not (tmp_path / "models" / "versions" / "v5").exists()
+    assert not [p for p in (tmp_path / "models" / "versions").iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- the command line
+
+def gate_config(tmp_path, model) -> str:
+    """A gate config whose scorer (down: nothing listens on port 1) runs ``model``."""
+    path = tmp_path / "gate.toml"
+    path.write_text('[gate]\nhostname = "mx.gate.test"\nstate_dir = "state"\n\n'
+                    '[listeners.inbound]\nbind = "127.0.0.1:2525"\n\n'
+                    f'[scorer]\naddresses = ["127.0.0.1:1"]\nmodel = "{model}"\n\n'
+                    '[filtering]\nthreshold = 0.9\n\n'
+                    '[domains."example.test"]\nroute = "127.0.0.1:2526"\n\n'
+                    '[outgoing]\nrelay = "127.0.0.1:2526"\n')
+    return str(path)
+
+
+def test_cli_init_retrain_list_rollback_with_the_gate_config_defaults(base, tmp_path, capsys):
+    from classifier.cli import main
+
+    # the gate's scorer runs the base bundle now ([scorer] model): init copies it in
+    config = gate_config(tmp_path, model=base.bundle)
+    state = tmp_path / "state"
+    models = state / "models"
+    assert main(["retrain", "init", "--config", config]) == 0
+    assert f"versions/{BASE}" in capsys.readouterr().out
+    assert ModelStore(models).current_version() == BASE
+    # the learn log where the gate's spawned scorer keeps it
+    (state / "scorer").mkdir()
+    record(state / "scorer" / "learnlog.sqlite", good_feedback())
+
+    assert main(["retrain", "--config", config, "--corpus", str(base.corpus), "--recipe", str(base.recipe),
+                 "--jobs", "1", "--no-reload", "--version", "r2"]) == 0
+    out = capsys.readouterr().out
+    assert "mailsift retrain r2: PROMOTED" in out and "60 labelled messages" in out
+    assert f"report: {models / 'reports' / 'r2'}" in out
+
+    assert main(["retrain", "list", "--config", config]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].split()[0] == BASE and rows[3].split()[:2] == ["*", "r2"]
+    assert main(["retrain", "list", "--config", config, "--json"]) == 0
+    assert [(v["version"], v["current"]) for v in json.loads(capsys.readouterr().out)] == [(BASE, False), ("r2", True)]
+
+    # the configured scorer is down: the rollback stands, the failed reload is reported
+    assert main(["retrain", "rollback", "--config", config]) == 1
+    out = capsys.readouterr().out
+    assert f"current: {BASE} (was r2)" in out and "reload 127.0.0.1:1: FAILED" in out
+    assert main(["retrain", "rollback", "--config", config, "--no-reload"]) == 2
+    assert "oldest version" in capsys.readouterr().err
+    assert main(["retrain", "--config", config]) == 2
+    assert "--corpus" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hot reload
+
+def test_promotion_reloads_a_scorer_serving_models_current(request, env, tmp_path):
+    from classifier.client import RemoteScorer
+    from test_scorer_service import running
+
+    rng = random.Random(99)
+    fresh = campaign_message(rng, 0)
+    with running(request, tmp_path / "srv", env.models / "current", workers=1) as srv:
+        with RemoteScorer(srv.addresses) as client:
+            before = client.score(fresh)
+            assert before.model_version == BASE and before.verdict == "accept"
+            # the feedback reaches the scorer's own learn log (it learns it online meanwhile)
+            record(srv.learnlog, good_feedback())
+            env.learnlog = srv.learnlog
+
+            result = job(env, scorers=srv.addresses).run()
+
+            assert result.promoted, result.summary
+            reload = result.report["promotion"]["reload"]
+            assert reload == [{"address": srv.addresses[0], "model_version": result.version, "changed": True}]
+            after = client.score(fresh)
+            assert after.model_version == result.version and after.verdict == "quarantine"
+        assert {e["model"] for e in srv.events("reloaded")} == {result.version}
+    assert f"reload {srv.addresses[0]}: serving {result.version}" in result.summary
