@@ -14,7 +14,6 @@ import concurrent.futures
 import functools
 import ipaddress
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from email.utils import format_datetime
@@ -25,6 +24,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from classifier.classifications import get
 from classifier.client import AsyncRemoteScorer, MessageTooLarge, ScorerUnavailable
 from classifier.facts import GateFacts
+from classifier.features import message_digest
 from classifier.proto import scorer_pb2 as pb
 
 from . import headers
@@ -54,17 +54,13 @@ from .dns import Resolver
 from .message import DataContext
 from .policy import POLICY
 from .quarantine import Quarantine
+from .queue import Queue, new_id
 from .result import CheckResult
 from .users import get_user
 
 log = logging.getLogger("mailsift.gate")
 
 _BEFORE_RCPT = ("connect", "helo", "auth", "mail")
-
-
-def new_id() -> str:
-    """A queue id: time-ordered (milliseconds, hex) and unique (random tail)."""
-    return f"{int(time.time() * 1000):011X}{secrets.token_hex(3).upper()}"
 
 
 @dataclass
@@ -110,6 +106,7 @@ class Txn:
     whitelisted: CheckResult | None = None
     bypassed: list[CheckResult] = field(default_factory=list)   # what the whitelist let pass
     sender_rate_count: int = 0    # this sender's messages in the last minute, this one included
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)   # synchronous relay: 5xx per rcpt
 
     def bypass(self, result: CheckResult) -> None:
         if result not in self.bypassed:
@@ -150,11 +147,13 @@ class Gate:
 
     def __init__(self, config: GateConfig, *, resolver: Resolver, scorer: AsyncRemoteScorer,
                  delivery: Delivery, quarantine: Quarantine, decisions: DecisionLog,
-                 clock=time.time, state=None):
+                 clock=time.time, state=None, queue: Queue | None = None, queued=None):
         self.cfg = config
         self.resolver = resolver
         self.scorer = scorer
         self.delivery = delivery
+        self.queue = queue            # accepted mail goes here with [queue] enabled
+        self.queued = queued          # called (on the loop) after each enqueue: wakes the workers
         self.quarantine = quarantine
         self.decisions = decisions
         self.clock = clock
@@ -385,39 +384,27 @@ class Gate:
     # ------------------------------------------------------------------------------
     async def _act(self, conn, txn, ctx, raw, result: CheckResult, outcome, common) -> str:
         row = result.row
+        # the message's identity, as the scorer and the learn log know it
+        digest = outcome.digest or message_digest(raw)
         log_extra = dict(common, score=outcome.score, scores=outcome.scores or None,
-                         model_version=outcome.model_version,
+                         model_version=outcome.model_version, digest=digest,
                          more_evidence=[r.to_log() for r in outcome.notes])
         if row.action == "accept":
             message = headers.prepend(raw, self._trace_headers(conn, txn, ctx, result, outcome),
                                       strip_authserv_id=self.cfg.hostname)
-            d = await self.delivery.deliver(txn.route, txn.mail_from, txn.deliver_to, message,
-                                            smtputf8=txn.smtputf8, body8bit=txn.body8bit)
-            # A recipient the route put off (4xx) while it took the others: SMTP has one
-            # reply for all, so the whole transaction is put off and retried. The others
-            # may then arrive twice; that is better than a 250 for mail nobody holds.
-            # (The durable queue of issue #7 retries per recipient instead.)
-            d.refused = {normalise_address(r): c for r, c in d.refused.items()}
-            deferred = {r: c for r, c in d.refused.items() if c[0] < 500}
-            if deferred and d.ok:
-                d = DeliveryResult("tempfail", min(c for c, _ in deferred.values()),
-                                   "; ".join(f"{r}: {c} {t}" for r, (c, t) in deferred.items())
-                                   + " (the route took the other recipients)", d.refused)
-            if not d.ok:
-                # The route refused or could not be reached while the sender waits: say
-                # so with the contract's rows for a destination that fails.
-                bad = CheckResult("destination_unverified" if d.status == "tempfail" else
-                                  "destination_does_not_exist", "delivery", d.detail,
-                                  details={"route": f"{txn.route[0]}:{txn.route[1]}", "code": d.code})
-                reply = bad.reply()
-                for rcpt in txn.rcpts:
-                    self._log(conn, txn, bad, bad.classification, reply, "data", rcpt=rcpt,
-                              **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
-                return reply
+            if self.queue is not None and self.cfg.queue.enabled:
+                # what follows our trace fields: the bytes as received, less forged fields of ours
+                offset = len(message) - len(headers.strip_ours(raw, self.cfg.hostname))
+                failed = await self._enqueue(conn, txn, ctx, raw, message, offset, result, outcome,
+                                             digest, log_extra)
+            else:
+                failed = await self._relay_now(conn, txn, message, result, log_extra)
+            if failed is not None:
+                return failed
             reply = row.reply()
             if (self.cfg.greylist is not None and self.state is not None and not conn.submission
                     and result.classification in ("not_spam", "dnswl")):
-                # ham delivered from this network: it needs no greylisting from now on
+                # ham accepted from this network: it needs no greylisting from now on
                 await add_reputation(self.state, network_of(conn.client_ip, conn.ptr, conn.ptr_name),
                                      self.cfg.greylist)
             if conn.user is not None and self.state is not None:
@@ -427,28 +414,84 @@ class Gate:
                         await self.state.hit(f"quota:{window:g}:{conn.user}", window)
             try:
                 for rcpt in txn.rcpts:
-                    refused = d.refused.get(rcpt)
                     extra = dict(log_extra)
-                    if refused:   # refused for good (5xx) while the route took the others: the
-                        extra["delivery"] = {"refused": list(refused)}   # DSN is the queue's (#7)
+                    refused = txn.refused.get(rcpt)
+                    if refused:   # synchronous relay: refused for good (5xx) while the route
+                        extra["delivery"] = {"refused": list(refused)}   # took the others
                     self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **extra)
             except Exception:
-                # The route holds the message now: a 4xx would have the sender deliver it
-                # twice. The 250 stands; the failure to log it is logged where it can be.
-                log.exception("decision log write failed after delivery of %s", txn.queue_id)
+                # The queue (or the route) holds the message now: a 4xx would have the
+                # sender send it twice. The 250 stands; the failure is logged where it can be.
+                log.exception("decision log write failed after accepting %s", txn.queue_id)
             return reply
         reply = result.reply()
         if row.action == "quarantine":
             # fsync'd before the 5xx is sent; in a thread, so other sessions go on meanwhile
             await asyncio.to_thread(self.quarantine.store, txn.queue_id, raw, {
-                "mail_from": txn.mail_from, "rcpts": txn.rcpts, "client_ip": conn.client_ip,
-                "helo": conn.helo, "classification": result.classification, "reply": reply,
+                "mail_from": txn.mail_from, "rcpts": txn.rcpts, "deliver_to": txn.deliver_to,
+                "client_ip": conn.client_ip, "helo": conn.helo, "classification": result.classification,
+                "release": row.release, "reply": reply,
                 "evidence": [result.to_log()] + [r.to_log() for r in outcome.notes],
                 "score": outcome.score, "scores": outcome.scores, "model_version": outcome.model_version,
-                "settings_id": txn.settings.id if txn.settings else None,
+                "settings_id": txn.settings.id if txn.settings else None, "digest": digest,
                 "message_id": ctx.message_id, "route": txn.route})
         for rcpt in txn.rcpts:
             self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **log_extra)
+        return reply
+
+    async def _enqueue(self, conn, txn, ctx, raw, message, offset, result, outcome, digest, log_extra) -> str | None:
+        """Accepted mail into the durable queue, on disk before the 250 is answered; the
+        ``internal_error`` reply when it cannot be stored (then nothing was accepted)."""
+        meta = {"classification": result.classification, "score": outcome.score, "digest": digest,
+                "message_id": ctx.message_id or None, "settings_id": txn.settings.id if txn.settings else None,
+                "client_ip": conn.client_ip, "user": conn.user}
+        try:
+            await asyncio.to_thread(
+                self.queue.enqueue, mail_from=txn.mail_from, rcpts=txn.deliver_to, message=message,
+                queue_id=txn.queue_id, origin="smtp",
+                # outgoing mail goes to the outgoing relay; inbound mail per recipient to its domain's route
+                route=self.cfg.outgoing_relay if conn.submission else None,
+                smtputf8=txn.smtputf8, body8bit=txn.body8bit, original_offset=offset, meta=meta, original=raw)
+        except Exception as exc:
+            log.exception("enqueue of %s failed", txn.queue_id)
+            bad = CheckResult("internal_error", "queue", f"the queue could not store the message: "
+                              f"{type(exc).__name__}: {exc}")
+            reply = bad.reply()
+            for rcpt in txn.rcpts:
+                self._log(conn, txn, bad, bad.classification, reply, "data", rcpt=rcpt,
+                          **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
+            return reply
+        if self.queued is not None:
+            self.queued()
+        return None
+
+    async def _relay_now(self, conn, txn, message, result, log_extra) -> str | None:
+        """``[queue] enabled = false``: relay while the sender waits; the reply to give
+        when the route did not take the message (None: it did)."""
+        d = await self.delivery.deliver(txn.route, txn.mail_from, txn.deliver_to, message,
+                                        smtputf8=txn.smtputf8, body8bit=txn.body8bit)
+        # A recipient the route put off (4xx) while it took the others: SMTP has one
+        # reply for all, so the whole transaction is put off and retried. The others
+        # may then arrive twice; that is better than a 250 for mail nobody holds.
+        # (The queue retries per recipient instead.)
+        d.refused = {normalise_address(r): c for r, c in d.refused.items()}
+        deferred = {r: c for r, c in d.refused.items() if c[0] < 500}
+        if deferred and d.ok:
+            d = DeliveryResult("tempfail", min(c for c, _ in deferred.values()),
+                               "; ".join(f"{r}: {t}" for r, (c, t) in deferred.items())
+                               + " (the route took the other recipients)", d.refused)
+        if d.ok:
+            txn.refused = d.refused
+            return None
+        # The route refused or could not be reached while the sender waits: say so with
+        # the contract's rows for a destination that fails.
+        bad = CheckResult("destination_unverified" if d.status == "tempfail" else
+                          "destination_does_not_exist", "delivery", d.detail,
+                          details={"route": f"{txn.route[0]}:{txn.route[1]}", "code": d.code})
+        reply = bad.reply()
+        for rcpt in txn.rcpts:
+            self._log(conn, txn, bad, bad.classification, reply, "data", rcpt=rcpt,
+                      **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
         return reply
 
     def _trace_headers(self, conn, txn, ctx, result, outcome) -> list[tuple[str, str]]:
@@ -750,9 +793,10 @@ class Gate:
         if txn.settings is None:
             txn.settings, txn.route = settings, route
             return None
-        # The synchronous relay (until the queue of issue #7) also needs one route per
-        # transaction, so a different route splits too.
-        if settings.id != txn.settings.id or route != txn.route:
+        # The synchronous relay ([queue] enabled = false) needs one route per transaction,
+        # so there a different route splits too; the queue routes each recipient itself.
+        split_route = route != txn.route and not (self.queue is not None and self.cfg.queue.enabled)
+        if settings.id != txn.settings.id or split_route:
             return CheckResult("split_delivery", "split_delivery",
                                f"{rcpt} has settings {settings.id}, this transaction {txn.settings.id}",
                                details={"settings_id": settings.id, "transaction_settings_id": txn.settings.id,
@@ -835,7 +879,7 @@ class Gate:
             return CheckResult("internal_error", "scorer", f"message too large for the scorer: {exc}")
         except grpc.RpcError as exc:   # DEADLINE_EXCEEDED, INTERNAL, ...: never an unscanned accept
             return CheckResult("internal_error", "scorer", f"scorer: {exc.code().name}: {exc.details()}")
-        out.score, out.model_version = v.score, v.model_version
+        out.score, out.model_version, out.digest = v.score, v.model_version, v.digest or None
         out.scores = {c.id: round(c.p_spam, 4) for c in v.classifiers if not c.abstained}
         strongest = _strongest_evidence(v)
         details = {"threshold": v.threshold}
@@ -870,6 +914,7 @@ class _DataOutcome:
     score: float | None = None
     scores: dict | None = None
     model_version: str | None = None
+    digest: str | None = None     # the scorer's: SHA-256 of the message as received
     notes: list[CheckResult] = field(default_factory=list)
 
 

@@ -4,9 +4,14 @@ there until every recipient has a final outcome (delivered, bounced or deleted).
 Layout of the queue directory (``<state_dir>/queue``):
 
 - ``msg/<queue_id>.eml``: the message as it will be delivered (our trace headers
-  followed by the bytes as received). Written to a temporary name, fsync'd, linked to
+  followed by the bytes as received; ``original_offset`` says where they start).
+  Written to a temporary name, fsync'd, linked to
   its name (a link, unlike a rename, refuses to replace an existing message), and the
   directory fsync'd: after a crash a message file is complete or absent.
+- ``msg/<queue_id>.orig``: only where the delivered bytes after ``original_offset``
+  are not exactly what was received (the gate removed forged ``X-Mailsift-*`` or
+  ``Authentication-Results`` fields claiming our name, RFC 8601 5): the bytes as
+  received, so ``original`` (report-as-spam, learning) keeps the message's digest.
 - ``queue.db``: SQLite in WAL mode with ``synchronous=FULL``, so a commit is on disk
   when it returns. One row per message (envelope, origin, meta) and one per
   recipient (status, attempts, next attempt, last reply, route, lease). The index row
@@ -185,6 +190,7 @@ class Enqueue:
     body8bit: bool = False
     original_offset: int = 0
     meta: dict | None = None
+    original: bytes | None = None     # the bytes as received, when not message[original_offset:]
 
 
 class Queue:
@@ -249,9 +255,10 @@ class Queue:
             raise QueueError(f"not a queue id: {queue_id!r}")
         return self.msg_dir / f"{queue_id}.eml"
 
-    def _write(self, queue_id: str, data: bytes) -> Path:
-        path = self.path(queue_id)
-        tmp = self.msg_dir / f".{queue_id}.{secrets.token_hex(4)}.tmp"
+    def _write(self, path: Path, data: bytes) -> None:
+        """A new file, complete and fsync'd, under ``path`` (which must not exist); the
+        caller fsyncs the directory."""
+        tmp = self.msg_dir / f".{path.name}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
@@ -263,11 +270,9 @@ class Queue:
         try:
             os.link(tmp, path)      # never replaces: a second message with this id fails
         except FileExistsError:
-            raise QueueError(f"queue id {queue_id} is already in the queue") from None
+            raise QueueError(f"queue id {path.stem} is already in the queue") from None
         finally:
             os.unlink(tmp)
-        self._sync_dir()
-        return path
 
     def _sync_dir(self) -> None:
         dfd = os.open(self.msg_dir, os.O_RDONLY)
@@ -281,11 +286,14 @@ class Queue:
     # ------------------------------------------------------------------------------
     def enqueue(self, *, mail_from: str, rcpts: list[str], message: bytes, queue_id: str | None = None,
                 origin: str = "smtp", route: tuple[str, int] | None = None, smtputf8: bool = False,
-                body8bit: bool = False, original_offset: int = 0, meta: dict | None = None) -> str:
+                body8bit: bool = False, original_offset: int = 0, meta: dict | None = None,
+                original: bytes | None = None) -> str:
         """Add a message; when this returns it is durable (file and index fsync'd).
-        Returns its queue id. Synchronous: the gate calls it in a thread."""
+        Returns its queue id. Synchronous: the gate calls it in a thread.
+        ``original``: the bytes as received, only needed where they are not
+        ``message[original_offset:]``."""
         e = Enqueue(mail_from, list(rcpts), message, queue_id, origin, route, smtputf8, body8bit,
-                    original_offset, meta)
+                    original_offset, meta, original)
         qid = self._prepare(e)
         try:
             with self._tx() as db:
@@ -304,11 +312,22 @@ class Queue:
         if not 0 <= e.original_offset <= len(e.message):
             raise ValueError(f"original_offset {e.original_offset} is outside the message")
         qid = e.queue_id or new_id()
-        self._write(qid, e.message)
+        self._write(self.path(qid), e.message)
+        if e.original is not None and e.original != e.message[e.original_offset:]:
+            try:
+                self._write(self._orig_path(qid), e.original)
+            except BaseException:
+                self._discard(qid)
+                raise
+        self._sync_dir()
         return qid
+
+    def _orig_path(self, queue_id: str) -> Path:
+        return self.path(queue_id).with_suffix(".orig")
 
     def _discard(self, queue_id: str) -> None:
         self.path(queue_id).unlink(missing_ok=True)
+        self._orig_path(queue_id).unlink(missing_ok=True)
 
     @staticmethod
     def _insert(db: sqlite3.Connection, qid: str, e: Enqueue, now: float) -> None:
@@ -346,7 +365,10 @@ class Queue:
         entry = self.get(queue_id)
         if entry is None:
             raise QueueError(f"no message {queue_id} in the queue")
-        return self.message(queue_id)[entry.original_offset:]
+        try:
+            return self._orig_path(queue_id).read_bytes()
+        except FileNotFoundError:
+            return self.message(queue_id)[entry.original_offset:]
 
     def list(self, *, status: str | None = None, route: str | None = None, sender: str | None = None,
              recipient: str | None = None, limit: int | None = None) -> list[QueueEntry]:
@@ -447,7 +469,7 @@ class Queue:
             if p.name.startswith("."):
                 p.unlink(missing_ok=True)
                 orphans += 1
-            elif p.suffix == ".eml" and db.execute("SELECT 1 FROM message WHERE queue_id = ?",
+            elif p.suffix in (".eml", ".orig") and db.execute("SELECT 1 FROM message WHERE queue_id = ?",
                                                    (p.stem,)).fetchone() is None:
                 p.unlink(missing_ok=True)
                 orphans += 1

@@ -6,8 +6,16 @@ default config) the gate starts ``mailsift scorer serve`` as its child on the fi
 scorer address and waits until it serves, so one command runs the whole filter on
 loopback; in production the scorer runs on its own and the gate only connects.
 
+Accepted mail goes into the durable queue (``<state_dir>/queue``, ``smtpgate.queue``)
+and the delivery workers (``smtpgate.deliverer``) started here take it from there; they
+run even with ``[queue] enabled = false``, which only makes the gate relay while the
+sender waits, because released quarantined mail and bounces still go through the
+queue. A housekeeping task purges delivered mail after ``keep_delivered`` and the
+quarantine after its retention, hourly.
+
 Shutdown (SIGTERM/SIGINT): listeners stop accepting, sessions in progress get
-``drain`` seconds to finish, then the scorer child is stopped.
+``drain`` seconds to finish, deliveries in flight a few seconds more, then the scorer
+child is stopped.
 """
 from __future__ import annotations
 
@@ -26,10 +34,12 @@ from classifier.client import AsyncRemoteScorer
 
 from .config import GateConfig
 from .decisionlog import DecisionLog
+from .deliverer import Deliverer
 from .delivery import SmtpRelay
 from .dns import Resolver
 from .gate import Gate
 from .quarantine import Quarantine
+from .queue import Queue
 from .smtp import GateSMTP
 from .tlsutil import self_signed, server_context
 
@@ -38,6 +48,10 @@ log = logging.getLogger("mailsift.gate")
 # aiosmtpd's per-session command budgets: floods of NOOP/VRFY/HELP from one session
 # are a probe, not mail. Everything else is bounded by max_recipients and the timeouts.
 CALL_LIMITS = {"NOOP": 20, "VRFY": 10, "EXPN": 10, "HELP": 10, "RSET": 100, "*": 10_000}
+
+# How often delivered mail past keep_delivered and quarantined mail past its retention
+# are purged: both keep for days, so an hour late is nothing.
+PURGE_INTERVAL = 3600.0
 
 
 def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> tuple[subprocess.Popen, list[str]]:
@@ -93,6 +107,9 @@ class GateServer:
         self.gate: Gate | None = None
         self.scorer: AsyncRemoteScorer | None = None
         self.decisions: DecisionLog | None = None
+        self.queue: Queue | None = None
+        self.deliverer: Deliverer | None = None
+        self._housekeeping: asyncio.Task | None = None
 
     def _tls(self):
         cert, key = self.cfg.tls_cert, self.cfg.tls_key
@@ -108,11 +125,20 @@ class GateServer:
         self.scorer = AsyncRemoteScorer(list(cfg.scorer_addresses), deadline=cfg.scorer_deadline,
                                         max_message_bytes=cfg.max_message_size + 1024 * 1024)
         self.decisions = DecisionLog(cfg.decision_log_path)
-        self.gate = Gate(cfg, resolver=resolver, scorer=self.scorer,
-                         delivery=SmtpRelay(cfg.hostname, cfg.relay_timeout),
-                         quarantine=Quarantine(cfg.state_dir / "quarantine"), decisions=self.decisions)
-        # the store reads the gate's clock, so a test that injects one moves both
-        self.gate.state = await open_store(cfg, clock=lambda: self.gate.clock())
+        # the queue, its workers and the store read the gate's clock, so a test that
+        # injects one moves them all
+        clock = lambda: self.gate.clock() if self.gate is not None else time.time()   # noqa: E731
+        self.queue = Queue(cfg.state_dir / "queue", clock=clock)
+        relay = SmtpRelay(cfg.hostname, cfg.relay_timeout, cfg.queue.connect_timeout)
+        self.deliverer = Deliverer(self.queue, cfg, resolver=resolver, decisions=self.decisions,
+                                   relay=relay, clock=clock)
+        self.gate = Gate(cfg, resolver=resolver, scorer=self.scorer, delivery=relay,
+                         quarantine=Quarantine(cfg.state_dir / "quarantine", retention=cfg.quarantine.retention,
+                                              clock=clock), decisions=self.decisions,
+                         queue=self.queue, queued=self.deliverer.wake)
+        self.gate.state = await open_store(cfg, clock=clock)
+        await self.deliverer.start()
+        self._housekeeping = asyncio.create_task(self._purge_forever(), name="purge")
         tls = self._tls()
         loop = asyncio.get_running_loop()
         for listener in cfg.listeners:
@@ -136,6 +162,26 @@ class GateServer:
             log.info("listening", extra={"fields": {"event": "listening", "listener": listener.kind,
                                                     "bind": f"{listener.host}:{listener.port}"}})
 
+    async def purge(self) -> dict[str, int]:
+        """Remove delivered (bounced, deleted) mail past ``keep_delivered`` and
+        quarantined mail past its retention."""
+        out = {"queue": await asyncio.to_thread(self.queue.purge, self.cfg.queue.keep_delivered,
+                                                self.gate.clock())}
+        out["quarantine"] = await asyncio.to_thread(self.gate.quarantine.purge)
+        return out
+
+    async def _purge_forever(self) -> None:
+        while True:
+            try:
+                removed = await self.purge()
+                if any(removed.values()):
+                    log.info("purged", extra={"fields": {"event": "purge", **removed}})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("purge failed")
+            await asyncio.sleep(PURGE_INTERVAL)
+
     async def stop(self, drain: float = 10.0) -> None:
         for s in self.servers:
             s.close()
@@ -144,6 +190,13 @@ class GateServer:
                 await asyncio.wait_for(s.wait_closed(), drain)
             except asyncio.TimeoutError:
                 log.warning("sessions still open after %.0f s; closing", drain)
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        if self.deliverer is not None:
+            await self.deliverer.stop(grace=min(drain, 5.0))
+        if self.queue is not None:
+            self.queue.close()
         if self.scorer is not None:
             await self.scorer.close()
         if self.gate is not None:

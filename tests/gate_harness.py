@@ -1,13 +1,17 @@
 """Real peers for the gate's SMTP tests, all on loopback:
 
 - ``Sink``: an SMTP server (aiosmtpd) standing for a domain's mail server. It records
-  what it was given; recipients starting with ``tempfail`` get 451, ``reject`` 550.
+  what it was given; recipients starting with ``tempfail`` get 451, ``reject`` 550,
+  ``flaky<N>`` 451 for their first N RCPTs and then 250. Each message records whether
+  its sender confirmed having read the 250 (its next command on the session: QUIT,
+  MAIL or RSET), which tells a duplicate the sender caused from RFC 1047's window.
 - ``ScriptedScorer``: the real gRPC Scorer service (grpc server, generated stubs) whose
   verdict a test chooses by a header in the message, ``X-Test-Verdict: <classification>
   <score> [sleep=<seconds>]``, so each classification the scorer can answer is tested
   through SMTP without training a model for it. Requests are recorded (facts, settings).
 - ``GateThread``: the gate (``smtpgate.serve.GateServer``) in its own thread and event
-  loop, built from a config dict, with an injectable clock.
+  loop, built from a config dict, with an injectable clock; ``settle()`` waits until
+  its queue has delivered everything that is due.
 
 The real scorer with a trained model is tested through the gate separately
 (test_gate_e2e.py, ``mailsift gate serve`` as a subprocess).
@@ -15,7 +19,9 @@ The real scorer with a trained model is tested through the gate separately
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import re
 import socket
 import threading
 import time
@@ -38,14 +44,25 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------------------
+_FLAKY = re.compile(r"flaky(\d+)")
+
+
 class _SinkHandler:
     def __init__(self):
         self.messages: list[dict] = []
         self.lock = threading.Lock()
+        self.rcpt_attempts: collections.Counter = collections.Counter()
+        self.delay = 0.0            # seconds each DATA takes (a slow destination)
+        self.active = 0             # DATA in progress now, and the most ever at once
+        self.most_active = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0].lower()
-        if local.startswith("tempfail"):
+        with self.lock:
+            self.rcpt_attempts[address.lower()] += 1
+            attempt = self.rcpt_attempts[address.lower()]
+        flaky = _FLAKY.match(local)
+        if local.startswith("tempfail") or (flaky and attempt <= int(flaky.group(1))):
             return "451 4.3.0 Try again later"
         if local.startswith("reject"):
             return "550 5.1.1 No such user"
@@ -53,27 +70,72 @@ class _SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.active -= 1
+        record = {"mail_from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
+                  "data": envelope.original_content, "confirmed": False, "at": time.monotonic()}
         with self.lock:
-            self.messages.append({"mail_from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
-                                  "data": envelope.original_content})
+            self.messages.append(record)
+        session.unconfirmed = record
         return "250 2.0.0 Queued"
+
+    def _confirm(self, session) -> None:
+        record = getattr(session, "unconfirmed", None)
+        if record is not None:
+            record["confirmed"] = True   # the client read our 250: it sent another command
+            session.unconfirmed = None
+
+    async def handle_QUIT(self, server, session, envelope):
+        self._confirm(session)
+        return "221 Bye"
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self._confirm(session)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RSET(self, server, session, envelope):
+        self._confirm(session)
+        return "250 OK"
 
 
 class Sink:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
         self.port = port or free_port()
+        self.host = host
         self.handler = _SinkHandler()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+        self.controller = Controller(self.handler, hostname=host, port=self.port,
                                      enable_SMTPUTF8=True, decode_data=False)
+
+    @property
+    def route(self) -> str:
+        return f"{self.host}:{self.port}"
 
     @property
     def messages(self) -> list[dict]:
         with self.handler.lock:
             return list(self.handler.messages)
 
+    def wait(self, n: int, timeout: float = 10.0) -> list[dict]:
+        """The messages once at least ``n`` have arrived (AssertionError after ``timeout``)."""
+        end = time.monotonic() + timeout
+        while len(self.messages) < n:
+            if time.monotonic() > end:
+                raise AssertionError(f"the sink has {len(self.messages)} messages, not {n}, after {timeout} s")
+            time.sleep(0.01)
+        return self.messages
+
     def clear(self) -> None:
         with self.handler.lock:
             self.handler.messages.clear()
+            self.handler.rcpt_attempts.clear()
+            self.handler.most_active = 0
 
     def start(self) -> "Sink":
         self.controller.start()
@@ -170,9 +232,17 @@ class GateThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def loop_call(self, make_coro):
+    def loop_call(self, make_coro, timeout: float = 10.0):
         """Run a coroutine (made by ``make_coro``) on the gate's event loop; its result."""
-        return asyncio.run_coroutine_threadsafe(make_coro(), self.loop).result(10)
+        return asyncio.run_coroutine_threadsafe(make_coro(), self.loop).result(timeout)
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the queue has nothing due and nothing in delivery."""
+        self.loop_call(lambda: self.server.deliverer.settle(timeout), timeout + 1)
+
+    @property
+    def queue(self):
+        return self.server.queue
 
     def port(self, kind: str = "inbound") -> int:
         return next(x.port for x in self.cfg.listeners if x.kind == kind)

@@ -115,14 +115,18 @@ def send(gate, msg: bytes, mail_from="sender@good.test", rcpts=("alice@local.tes
         if not any(code == 250 for code, _ in rr):
             return mail, rr, None
         code, text = s.data(msg)
-        return mail, rr, (code, text.decode())
+    if code == 250:
+        gate.settle()   # the queue has delivered what it accepted
+    return mail, rr, (code, text.decode())
 
 
-def decision(gate, msgid=None, rcpt=None, classification=None, client_ip=None) -> dict:
-    """The decision log line that matches; waits briefly for it to be written."""
+def decision(gate, msgid=None, rcpt=None, classification=None, client_ip=None, delivery=False) -> dict:
+    """The decision log line that matches; waits briefly for it to be written. The
+    gate's own decisions, or with ``delivery`` the queue's delivery outcomes."""
     for _ in range(50):
         for d in reversed(gate.decisions()):
-            if ((msgid is None or d.get("message_id") == msgid) and (rcpt is None or d.get("rcpt") == rcpt)
+            if ((d.get("phase") == "delivery") == delivery
+                    and (msgid is None or d.get("message_id") == msgid) and (rcpt is None or d.get("rcpt") == rcpt)
                     and (classification is None or d["classification"] == classification)
                     and (client_ip is None or d.get("client_ip") == client_ip)):
                 return d
@@ -379,6 +383,7 @@ def test_utf8_subject_with_smtputf8_is_fine(gate, sink):
         assert s.mail("sender@good.test", ["SMTPUTF8", "BODY=8BITMIME"])[0] == 250
         assert s.rcpt("alice@local.test")[0] == 250
         assert s.data(msg)[0] == 250
+    gate.settle()
     assert "Grüße".encode() in sink.messages[0]["data"]
 
 
@@ -490,14 +495,34 @@ def test_scorer_unreachable_tempfails(dns_server, peers, tmp_path):
         g.stop()
 
 
+@pytest.fixture(scope="module")
+def sync_gate(dns_server, peers, tmp_path_factory):
+    """A gate with ``[queue] enabled = false``: it relays while the sender waits (the
+    queued behaviour of the same cases is tests/test_gate_queue.py)."""
+    sink, scorer = peers
+    d = tmp_path_factory.mktemp("sync-gate")
+    g = GateThread(gate_config(dns_server, sink, scorer, {"gate": {"state_dir": str(d)},
+                                                          "queue": {"enabled": False}}), d).start()
+    yield g
+    g.stop()
+
+
 @pytest.mark.parametrize("rcpt,cid", [("tempfail@example.test", "destination_unverified"),
                                       ("reject@example.test", "destination_does_not_exist")])
-def test_the_route_refusing_is_passed_back(gate, sink, rcpt, cid):
-    _, _, data = send(gate, message(to=rcpt), rcpts=(rcpt,))
+def test_without_the_queue_the_route_refusing_is_passed_back(sync_gate, sink, rcpt, cid):
+    _, _, data = send(sync_gate, message(to=rcpt), rcpts=(rcpt,))
     assert data == split(reply(cid))
-    d = decision(gate, rcpt=rcpt, classification=cid)
+    d = decision(sync_gate, rcpt=rcpt, classification=cid)
     assert_logged(d, cid)
     assert sink.messages == []
+    assert sync_gate.queue.counts() == dict.fromkeys(("queued", "deferred", "delivered", "bounced", "deleted"), 0)
+
+
+def test_without_the_queue_ham_is_relayed_before_the_250(sync_gate, sink):
+    _, _, data = send(sync_gate, message(to="bob@example.test"), rcpts=("bob@example.test",))
+    assert data[0] == 250
+    assert [m["rcpts"] for m in sink.messages] == [["bob@example.test"]]
+    assert sync_gate.queue.list() == []
 
 
 # ======================================================================================
@@ -529,6 +554,7 @@ def test_pipelined_session(gate, sink):
     c.send(message(to="alice@local.test") + b".\r\n")
     assert c.reply()[0] == 250
     assert c.cmd("QUIT")[0] == 221
+    gate.settle()
     assert sink.messages[0]["rcpts"] == ["alice@local.test", "carol@local.test"]
 
 
@@ -581,6 +607,7 @@ def test_rset_mid_transaction_then_a_new_one(gate, sink):
     assert c.cmd("DATA")[0] == 354
     c.send(message(to="carol@local.test") + b".\r\n")
     assert c.reply()[0] == 250
+    gate.settle()
     assert [m["rcpts"] for m in sink.messages] == [["carol@local.test"]]
 
 
@@ -637,6 +664,7 @@ def test_auth_only_after_starttls_then_outgoing_mail_is_scored_and_relayed(gate,
         s.login("alice@example.test", PASSWORD)
         s.sendmail("alice@example.test", ["someone@far-away.test"],
                    message(frm="alice@example.test", to="someone@far-away.test"))
+    gate.settle()
     assert sink.messages[0]["rcpts"] == ["someone@far-away.test"]
     assert b"with ESMTPSA" in sink.messages[0]["data"]
     assert peers[1].requests[-1].envelope.authenticated
@@ -647,6 +675,7 @@ def test_implicit_tls_submission(gate, sink):
         s.ehlo("laptop")
         s.login("alice@example.test", PASSWORD)
         s.sendmail("alice@example.test", ["x@far-away.test"], message(frm="alice@example.test", to="x@far-away.test"))
+    gate.settle()
     assert sink.messages[0]["rcpts"] == ["x@far-away.test"]
 
 
@@ -690,18 +719,21 @@ def test_hostile_message_bodies_get_an_answer_and_lose_nothing(gate, sink):
     _, _, data = send(gate, broken_mime)
     assert data[0] in (250, 550), data
     # whatever was answered 250 reached the sink, and nothing else did
-    accepted = [d for d in gate.decisions()[-4:] if d["reply"].startswith("250")]
+    answered = [d for d in gate.decisions() if d.get("phase") != "delivery"][-4:]
+    accepted = [d for d in answered if d["reply"].startswith("250")]
     assert len(sink.messages) == len(accepted)
-    assert not any(d["classification"] == "internal_error" for d in gate.decisions()[-4:])
+    assert not any(d["classification"] == "internal_error" for d in answered)
 
 
-def test_a_recipient_the_route_puts_off_puts_off_the_transaction(gate, sink):
+def test_without_the_queue_a_recipient_the_route_puts_off_puts_off_the_transaction(sync_gate, sink):
     """Regression (review of issue 5): the route took bob and put off tempfail-carol, and
-    the gate said 250 for both; carol's copy was held by nobody."""
-    _, rr, data = send(gate, message(to="bob@example.test"), rcpts=("bob@example.test", "tempfail-carol@example.test"))
+    the gate said 250 for both; carol's copy was held by nobody. (With the queue, carol
+    alone is retried: tests/test_gate_queue.py.)"""
+    _, rr, data = send(sync_gate, message(to="bob@example.test"),
+                       rcpts=("bob@example.test", "tempfail-carol@example.test"))
     assert [c for c, _ in rr] == [250, 250]
     assert data == split(reply("destination_unverified"))
-    d = decision(gate, rcpt="tempfail-carol@example.test", classification="destination_unverified")
+    d = decision(sync_gate, rcpt="tempfail-carol@example.test", classification="destination_unverified")
     assert "tempfail-carol@example.test: 451" in d["evidence"][0]["evidence"]
 
 
@@ -721,6 +753,7 @@ def test_outgoing_user_sends_only_as_the_configured_senders(dns_server, peers, t
             assert s.mail("news@lists.example.test")[0] == 250
             s.rset()
             s.sendmail("Alice@Example.test", ["Bob.Smith@Far-Away.test"], message(frm="alice@example.test"))
+        g.settle()
         # delivered to the address as written: local parts keep their case (RFC 5321 2.4)
         assert sink.messages[0]["rcpts"] == ["Bob.Smith@Far-Away.test"]
     finally:
@@ -737,4 +770,5 @@ def test_postmaster_without_a_domain_is_accepted(gate, sink):
     assert c.cmd("DATA")[0] == 354
     c.send(message(to="postmaster") + b".\r\n")
     assert c.reply()[0] == 250
+    gate.settle()
     assert sink.messages[0]["rcpts"] == ["postmaster@example.test"]

@@ -56,6 +56,16 @@ def test_an_enqueue_is_one_complete_file_and_its_index_rows(q, clock):
     assert [p.name for p in q.msg_dir.iterdir()] == [f"{qid}.eml"]
 
 
+def test_the_bytes_as_received_are_kept_where_the_delivered_ones_differ(q):
+    """The gate removes forged X-Mailsift-* fields before delivery; what it received
+    (and its digest) stays available for report-as-spam."""
+    received = b"X-Mailsift-Score: 0.0000\r\nSubject: hi\r\n\r\nbody\r\n"
+    qid = put(q, original=received)
+    assert q.message(qid) == MSG and q.original(qid) == received
+    same = put(q, original=MSG[OFFSET:])          # nothing removed: no second file
+    assert q.original(same) == MSG[OFFSET:] and not q.path(same).with_suffix(".orig").exists()
+
+
 def test_a_queue_id_is_never_reused_and_the_first_message_is_kept(q):
     qid = put(q, queue_id="ABC123")
     with pytest.raises(QueueError, match="already in the queue"):
