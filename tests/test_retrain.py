@@ -25,8 +25,8 @@ from classifier.learnlog import LearnLog
 from classifier.scorer import Scorer
 from training.corpus import read_corpus
 from training.recipe import DEFAULT_RECIPE, load_recipe
-from training.retrain import (DEFAULT_SLICE, ModelStore, Retrain, RetrainError, decide, read_learnlog,
-                              rollback, split_feedback)
+from training.retrain import (DEFAULT_SLICE, ModelStore, Retrain, RetrainError, decide, distrusted_reporters,
+                              read_learnlog, rollback, split_feedback)
 from training.train import extract_all, fit_bundle
 
 BASE = "base-1"
@@ -81,11 +81,11 @@ def env(base, tmp_path):
     return SimpleNamespace(base=base, models=models, store=ModelStore(models), learnlog=tmp_path / "learnlog.sqlite")
 
 
-def record(path, items) -> list:
-    """Learn (message, label, source) items into the learn log at ``path``, in order."""
+def record(path, items, who: str = "alice") -> list:
+    """Learn (message, label, source) items from ``who`` into the learn log at ``path``."""
     log = LearnLog(str(path))
     try:
-        return [log.record(message_digest(raw), label, source, "alice", ["cluster_tokens"], raw)
+        return [log.record(message_digest(raw), label, source, who, ["cluster_tokens"], raw)
                 for raw, label, source in items]
     finally:
         log.close()
@@ -189,6 +189,37 @@ def test_dry_run_evaluates_and_promotes_nothing(env):
     assert env.store.current_version() == BASE
     assert [p.name for p in (env.models / "versions").iterdir()] == [BASE]
     assert "would be promoted (dry run)" in result.summary
+
+
+def test_reporters_the_others_disagree_with_are_left_out(env, tmp_path):
+    from smtpgate.config import FeedbackConfig
+    from training.feedback import Feedback
+
+    cfg = FeedbackConfig()
+    rng = random.Random(3)
+    poison = [(mailgen.make_message("spam", rng, rng.randint(0, 150)), "ham", "release") for _ in range(60)]
+    # mallory's releases were learned; then an admin rejected five more of hers (held as
+    # releases of mail scored 0.999): her weight falls to 1/7
+    record(env.learnlog, poison, who="mallory")
+    record(env.learnlog, good_feedback())
+    with Feedback(tmp_path / "feedback.db", cfg, None) as fb:
+        for i in range(5):
+            r = fb.submit(message=mailgen.make_message("spam", rng, i), label="ham", source="release",
+                          who="mallory", score=0.999)
+            assert r.status == "review"
+            fb.reject(r.id, "admin")
+    distrusted = distrusted_reporters(tmp_path / "feedback.db", cfg)
+    assert distrusted == {"mallory": pytest.approx(1 / 7)}
+
+    result = job(env, distrusted=distrusted).run()
+
+    assert result.promoted, result.summary
+    fb = result.report["data"]["feedback"]
+    assert fb["left_out_distrusted"] == {"n": 60, "spam": 0, "ham": 60, "by_source": {"release": 60},
+                                         "reporters": distrusted}
+    assert fb["labelled"]["n"] == 60 and fb["labelled"]["by_source"] == {"report": 40, "release": 20}
+    assert "left out: 60 messages of reporters the others disagree with: mallory (weight 0.14)" in result.summary
+    assert distrusted_reporters(tmp_path / "absent.db", cfg) == {}
 
 
 def test_first_use_seeds_with_the_running_bundle(base, tmp_path):

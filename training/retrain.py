@@ -12,6 +12,13 @@ The data
   report, trap, training), with the *current* label of each message: a change of mind
   counts once, with its last label. The learn log holds only what the scorer learned;
   feedback the poisoning guards held for review never reached it.
+- Reporters the others disagree with: the feedback store (training/feedback.py) weighs
+  each reporter by their agreement with the rest. The classifiers' batch fits take no
+  sample weights, so the weight is a cut: the feedback of a reporter whose weight has
+  fallen below ``[feedback] min_agreement`` (over at least ``agreement_min_samples``,
+  not a trusted one: the judgement the feedback guards apply to new reports) is left
+  out of the candidate, the reports they made before they fell below included. The
+  report names them.
 - Held out: the newest ``holdout`` fraction (by learn log id, which is time order) of
   the feedback the current bundle has not folded in yet. Feedback the current bundle
   was trained on is always folded in again: holding it out would test the current
@@ -178,6 +185,20 @@ def split_feedback(items: list[Labelled], current_upto: int, holdout: float) -> 
     new = [i for i in items if i.log_id > current_upto]
     n_hold = int(holdout * len(new) + 0.5)   # half up: Python's round() would hold out none of one at 0.5
     return old + new[:len(new) - n_hold], new[len(new) - n_hold:]
+
+
+def distrusted_reporters(feedback_db: str | os.PathLike, cfg) -> dict[str, float]:
+    """Reporter -> weight, for the reporters whose feedback a retrain leaves out: not
+    trusted, at least ``cfg.agreement_min_samples`` samples, weight under
+    ``cfg.min_agreement`` (``cfg``: smtpgate.config.FeedbackConfig)."""
+    if not os.path.exists(feedback_db):
+        return {}
+    from .feedback import Feedback
+
+    with Feedback(pathlib.Path(feedback_db), cfg, None) as fb:
+        stats = fb.reporter_stats()
+    return {s.who: s.weight for s in stats
+            if not s.trusted and s.samples >= cfg.agreement_min_samples and s.weight < cfg.min_agreement}
 
 
 def _counts(items) -> dict:
@@ -453,6 +474,7 @@ class Retrain:
     version: str | None = None
     report_dir: pathlib.Path | None = None
     seed_from: pathlib.Path = DEFAULT_BUNDLE
+    distrusted: dict[str, float] = field(default_factory=dict)   # reporter -> weight: left out
     validation_slice: ValidationSlice = DEFAULT_SLICE
     jobs: int = 0
     progress: bool = False
@@ -486,7 +508,9 @@ class Retrain:
         t0 = time.perf_counter()
         corpus = read_corpus(self.corpus, self.fmt)
         msgs = corpus.canonical()
-        items, log_last = read_learnlog(self.learnlog) if self.learnlog else ([], 0)
+        everything, log_last = read_learnlog(self.learnlog) if self.learnlog else ([], 0)
+        items = [i for i in everything if i.who not in self.distrusted]
+        left_out = _counts([i for i in everything if i.who in self.distrusted])
         folded, held = split_feedback(items, current_upto, self.holdout)
         fb_msgs = [Message(f"learnlog#{i.log_id}", i.label, raw=i.message, id=f"learnlog#{i.log_id}")
                    for i in folded + held]
@@ -559,6 +583,7 @@ class Retrain:
                 "feedback": {"learnlog": str(self.learnlog) if self.learnlog else None, "last_id": log_last,
                              "labelled": _counts(items), "already_in_current": sum(i.log_id <= current_upto
                                                                                   for i in items),
+                             "left_out_distrusted": {**left_out, "reporters": self.distrusted},
                              "folded": _counts([i for i, _ in fold_feats]), "held_out": _counts(held),
                              "dropped_as_validation_copies": len(folded) - len(fold_feats)},
                 "training": {"n": len(y), "n_spam": sum(y), "n_ham": len(y) - sum(y)},
@@ -700,6 +725,10 @@ def summary_text(report: dict) -> str:
         "",
         *dec["reasons"][:1], *(f"  {r}" for r in dec["reasons"][1:]),
     ]
+    lo = fb["left_out_distrusted"]
+    if lo["n"]:
+        lines.append(f"left out: {lo['n']} messages of reporters the others disagree with: "
+                     + ", ".join(f"{w} (weight {x:.2f})" for w, x in lo["reporters"].items()))
     lines += [f"warning: {w}" for w in report["warnings"]]
     promo = report.get("promotion")
     if promo:

@@ -115,19 +115,21 @@ def _retrain(a) -> int:
     from classifier.bundle import BundleError
     from training.corpus import CorpusError
 
-    from .retrain import Retrain, RetrainError
+    from .retrain import Retrain, RetrainError, distrusted_reporters
 
-    if a.retrain_command is None and not a.corpus:
+    if not a.corpus:
         return _fail("retrain needs --corpus (the base corpus the candidate is trained on)")
     cfg, models = _paths(a)
     if cfg is None:
         return 2
+    distrusted = distrusted_reporters(cfg.state_dir / "feedback.db", cfg.feedback)
     job = Retrain(corpus=a.corpus, models=models, learnlog=_learnlog(a, cfg), fmt=a.format, recipe=a.recipe,
                   holdout=a.holdout, tolerance=a.tolerance,
                   threshold=a.threshold if a.threshold is not None else cfg.filtering.threshold,
                   keep=a.keep, dry_run=a.dry_run, scorers=_scorers(a, cfg), version=a.version,
                   report_dir=pathlib.Path(a.report) if a.report else None,
-                  seed_from=_seed_source(cfg, models), jobs=a.jobs, progress=True, argv=sys.argv[1:])
+                  seed_from=_seed_source(cfg, models), distrusted=distrusted, jobs=a.jobs, progress=True,
+                  argv=sys.argv[1:])
     try:
         result = job.run()
     except (RetrainError, BundleError, CorpusError, ValueError) as exc:
