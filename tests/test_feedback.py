@@ -43,6 +43,8 @@ class FakeScorer:
     """RemoteScorer's ``learn`` over a real learn log; any other call fails the test.
     ``down`` makes it unreachable, ``forbid`` makes any learn a test failure."""
 
+    deadline = 10.0
+
     def __init__(self, path):
         self.log = LearnLog(str(path))
         self.calls: list[tuple[str, str, str, str]] = []   # (digest, label, source, who)

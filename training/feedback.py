@@ -70,9 +70,9 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from classifier.logs import log_event
 
@@ -86,7 +86,7 @@ TAUGHT = (LEARNED, NOOP, RELEARNED, APPROVED)
 # others' items that count when a reporter's agreement is measured: every opinion
 # that passed the guards or that an admin upheld
 _OPINIONS = (LEARNED, NOOP, RELEARNED, APPROVED, RECORDED, PENDING)
-SOURCES = {"release": "ham", "report": "spam"}
+SOURCES = ("release", "report")     # a release is usually ham and a report spam; the label says
 # a claim on a pending item (being sent) older than this was left by a process that
 # died while sending; another may take it over
 _STALE_CLAIM = 300.0
@@ -263,9 +263,9 @@ class Feedback:
                     db.execute("COMMIT")
                     if same.status == PENDING:
                         self.retry_pending()
-                    return self._result(self._row(same.id))
+                    return self._settled(same.id)
                 now = self.clock()
-                status, reasons, detail = self._judge(who, label, score, body, now)
+                status, reasons, detail = self._judge(who, label, score, now)
                 cur = db.execute(
                     "INSERT INTO feedback (at, who, why, source, label, digest, body_digest, score, classification,"
                     " queue_id, classifiers, status, reasons, detail, queued, message)"
@@ -282,7 +282,7 @@ class Feedback:
                   reasons=reasons or None)
         if status == PENDING:
             self.retry_pending()
-        return self._result(self._row(fid))
+        return self._settled(fid)
 
     def _held_duplicate(self, who: str, digest: str, label: str) -> FeedbackItem | None:
         """The reporter's latest item on this message, if it says the same and is still
@@ -294,8 +294,7 @@ class Feedback:
             return self._row(row[0])
         return None
 
-    def _judge(self, who: str, label: str, score: float | None, body: str | None,
-               now: float) -> tuple[str, list[str], str]:
+    def _judge(self, who: str, label: str, score: float | None, now: float) -> tuple[str, list[str], str]:
         """(status, reasons, detail) of a new item, from the guards."""
         cfg = self.cfg
         if not cfg.learn:
@@ -427,6 +426,21 @@ class Feedback:
             self._db.execute(f"UPDATE feedback SET {sets} WHERE id = ? AND status = ?", (*values, fid, PENDING))
         return self._result(self._row(fid))
 
+    def _settled(self, fid: int) -> FeedbackResult:
+        """The item's result once no one is sending it: another thread or process that
+        claimed it (its own retry_pending) answers for it within the scorer's deadline."""
+        end = None
+        while True:
+            with self._mutex:
+                claimed = self._db.execute("SELECT claimed FROM feedback WHERE id = ?", (fid,)).fetchone()[0]
+            if claimed is None:
+                return self._result(self._row(fid))
+            if end is None:
+                end = time.monotonic() + getattr(self.scorer, "deadline", 10.0) + 5.0
+            elif time.monotonic() > end:
+                return self._result(self._row(fid))
+            time.sleep(0.005)
+
     # ------------------------------------------------------------------ review
     def review_queue(self, limit: int = 1000) -> list[FeedbackItem]:
         """Items held for review, oldest first (without their message bytes)."""
@@ -439,7 +453,7 @@ class Feedback:
         """An admin upholds a held item: it is learned now (or pending if the scorer is down)."""
         self._decide(fid, who, APPROVED)
         self.retry_pending()        # in its turn, behind anything pending before it
-        return self._result(self._row(fid))
+        return self._settled(fid)
 
     def reject(self, fid: int, who: str) -> FeedbackResult:
         """An admin drops a held item: never learned; it counts against its reporter."""
@@ -564,7 +578,7 @@ def open_feedback(gate_cfg, scorer=None) -> Feedback:
 def _when(t: float | None) -> str:
     if t is None:
         return "-"
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def format_result(r: FeedbackResult) -> str:

@@ -46,13 +46,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .base import Signal
 from .pyzor import pyzor_digest
 
-__all__ = ["CLASSIFICATION", "Standing", "ReportedStore", "body_digest", "reported"]
+__all__ = ["CLASSIFICATION", "ReportedStore", "Standing", "body_digest", "reported"]
 
 CLASSIFICATION = "considered_spam"
 HAM_CLASSIFICATION = "not_spam"
@@ -180,7 +180,7 @@ def reported(raw: bytes, store: ReportedStore, *, min_reporters: int = 1,
     if s is None:
         return None
     strength = 1.0 + math.log(s.reporters)
-    day = datetime.datetime.fromtimestamp(s.last, datetime.timezone.utc).date().isoformat()
+    day = datetime.datetime.fromtimestamp(s.last, datetime.UTC).date().isoformat()
     who = f"{s.reporters} reporter{'s' if s.reporters != 1 else ''}, last {day}"
     if s.label == "spam":
         return Signal(CLASSIFICATION, strength=strength, decides=s.reporters >= min_reporters,
