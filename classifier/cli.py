@@ -220,9 +220,10 @@ def _scorer_serve(a) -> int:
 
 
 def _train(a) -> int:
-    from training.train import train
+    from training.train import DEFAULT_SLICE, train
 
-    b = train(a.corpus, a.out, a.recipe, a.version, a.evaluation, a.jobs, a.format)
+    b = train(a.corpus, a.out, a.recipe, a.version, a.evaluation, a.jobs, a.format,
+              validation_slice=DEFAULT_SLICE if a.validation_slice else None)
     print(f"wrote bundle {b.version} to {a.out}")
     return 0
 
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="model recipe TOML (default: training/default_model.toml)")
     p.add_argument("--version", help="bundle version (default: DATE-CORPUSNAME)")
     p.add_argument("--evaluation", help="evaluate-batch.json to quote in the model card")
+    p.add_argument("--validation-slice", action="store_true",
+                   help="leave out the validation slice mailsift retrain compares bundles on"
+                        " (int(sha256[:8], 16) %% 10 == 0, a tenth), so that its comparison with this bundle is fair")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="measure a recipe: batch split and TREC online protocols")

@@ -20,14 +20,14 @@ import pytest
 
 import mailgen
 from classifier.bundle import BundleError, load_bundle, save_bundle
+from classifier.cli import main
 from classifier.features import message_digest
 from classifier.learnlog import LearnLog
 from classifier.scorer import Scorer
 from training.corpus import read_corpus
-from training.recipe import DEFAULT_RECIPE, load_recipe
+from training.recipe import DEFAULT_RECIPE
 from training.retrain import (DEFAULT_SLICE, ModelStore, Retrain, RetrainError, decide, distrusted_reporters,
                               read_learnlog, rollback, split_feedback)
-from training.train import extract_all, fit_bundle
 
 BASE = "base-1"
 CAMPAIGN = ("crypto airdrop wallet token claim presale blockchain ethereum staking yield ledger"
@@ -51,7 +51,7 @@ def campaign_message(rng: random.Random, i: int) -> bytes:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """The corpus, a 3-fold recipe, and a models directory seeded with a bundle trained
-    on the corpus without the validation slice (recorded in its training)."""
+    on the corpus without the validation slice (``mailsift train --validation-slice``)."""
     # The MIME boundaries of multipart spam come from the global random: seed it, so
     # the corpus, its digests and its validation slice are the same in every run
     random.seed(11)
@@ -59,13 +59,13 @@ def base(tmp_path_factory):
     corpus = mailgen.write_corpus(root / "corpus", 60, 90, seed=1)
     recipe_path = root / "recipe.toml"
     recipe_path.write_text(DEFAULT_RECIPE.read_text().replace("cv = 5", "cv = 3"))
-    recipe = load_recipe(recipe_path)
-    msgs = read_corpus(corpus).canonical()
-    feats = extract_all(msgs, 1)
-    keep = [(f, int(m.is_spam)) for f, m in zip(feats, msgs) if f.digest not in DEFAULT_SLICE]
-    bundle, _ = fit_bundle(recipe, [f for f, _ in keep], [y for _, y in keep], BASE, 1,
-                           training={"validation_slice": DEFAULT_SLICE.describe()})
-    save_bundle(bundle, root / "base", model_card="# base\n")
+    assert main(["train", "--corpus", str(corpus), "--out", str(root / "base"), "--recipe", str(recipe_path),
+                 "--version", BASE, "--jobs", "1", "--validation-slice"]) == 0
+    trained = load_bundle(root / "base").training
+    assert trained["validation_slice"] == DEFAULT_SLICE.describe()
+    n_slice = sum(message_digest(m.read()) in DEFAULT_SLICE for m in read_corpus(corpus).messages)
+    assert trained["n"] == 150 - n_slice and 0 < n_slice < 30
+    assert f"Not trained on: the {n_slice} messages of the validation slice" in (root / "base" / "MODEL_CARD.md").read_text()
     store = ModelStore(root / "models")
     with store.lock():
         store.seed(root / "base")
@@ -345,8 +345,6 @@ def gate_config(tmp_path, model) -> str:
 
 
 def test_cli_init_retrain_list_rollback_with_the_gate_config_defaults(base, tmp_path, capsys):
-    from classifier.cli import main
-
     # the gate's scorer runs the base bundle now ([scorer] model): init copies it in
     config = gate_config(tmp_path, model=base.bundle)
     state = tmp_path / "state"

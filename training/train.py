@@ -17,6 +17,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -198,6 +199,28 @@ def model_card(bundle: ModelBundle, recipe, corpus_desc: dict, command: str, eva
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ValidationSlice:
+    """Messages whose SHA-256 (as hex) has ``int(sha256[:8], 16) % modulus == residue``:
+    the fixed validation set ``mailsift retrain`` compares bundles on (training/retrain.py).
+
+    A slice of the hash, not a random draw, so it is the same in every run and for every
+    copy of the corpus, and a message is in it or not whatever else the corpus holds."""
+
+    modulus: int = 10
+    residue: int = 0
+
+    def __contains__(self, digest: str) -> bool:
+        return int(digest[:8], 16) % self.modulus == self.residue
+
+    def describe(self) -> dict:
+        return {"hash": "sha256", "rule": f"int(sha256[:8], 16) % {self.modulus} == {self.residue}",
+                "modulus": self.modulus, "residue": self.residue}
+
+
+DEFAULT_SLICE = ValidationSlice()
+
+
 def fit_bundle(recipe, feats, y, version: str, jobs: int | None = 0, training: dict | None = None,
                progress: bool = False) -> tuple[ModelBundle, float]:
     """The recipe fitted on ``feats``/``y`` as an in-memory bundle; (bundle, fit seconds).
@@ -240,13 +263,22 @@ def write_bundle(bundle: ModelBundle, out, recipe, corpus_desc: dict, command: s
 
 
 def train(corpus: str, out: str, recipe_path=DEFAULT_RECIPE, version: str | None = None,
-          evaluation: str | None = None, jobs: int = 0, fmt: str = "auto", argv=None) -> ModelBundle:
+          evaluation: str | None = None, jobs: int = 0, fmt: str = "auto", argv=None,
+          validation_slice: ValidationSlice | None = None) -> ModelBundle:
+    """``validation_slice``: leave those messages out and record the slice in the bundle,
+    so that ``mailsift retrain`` can compare its candidates with this bundle fairly."""
     recipe = load_recipe(recipe_path)
     c = read_corpus(corpus, fmt)
     msgs = c.canonical()
     t0 = time.perf_counter()
     feats = extract_all(msgs, jobs)
     t_extract = time.perf_counter() - t0
+    notes = None
+    if validation_slice is not None:
+        keep = [k for k, f in enumerate(feats) if f.digest not in validation_slice]
+        notes = [f"Not trained on: the {len(msgs) - len(keep)} messages of the validation slice"
+                 f" ({validation_slice.describe()['rule']}) that `mailsift retrain` compares bundles on."]
+        msgs, feats = [msgs[k] for k in keep], [feats[k] for k in keep]
     y = [1 if m.label == "spam" else 0 for m in msgs]
 
     today = datetime.date.today()
@@ -257,9 +289,11 @@ def train(corpus: str, out: str, recipe_path=DEFAULT_RECIPE, version: str | None
         "recipe": recipe.text, "libraries": library_versions(),
         "extract_seconds": t_extract})
     bundle.training.update(fit_seconds=t_fit, oof=oof_report(bundle.model))
+    if validation_slice is not None:
+        bundle.training["validation_slice"] = validation_slice.describe()
     command = "mailsift " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     ev = json.loads(pathlib.Path(evaluation).read_text()) if evaluation else None
     corpus_desc = {"source": corpus, "description": c.description, "n": len(msgs),
                    "n_spam": sum(y), "n_ham": len(y) - sum(y)}
-    write_bundle(bundle, out, recipe, corpus_desc, command, ev)
+    write_bundle(bundle, out, recipe, corpus_desc, command, ev, notes)
     return bundle
