@@ -205,6 +205,7 @@ class Queue:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._owners: dict[str, int] = {}    # our workers' lock file descriptors
         self._db().executescript(_SCHEMA)     # its own transaction; IF NOT EXISTS: idempotent
 
@@ -228,15 +229,19 @@ class Queue:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock at once, so what it
-        reads stays true until it commits (the claim relies on that)."""
+        reads stays true until it commits (the claim relies on that). The threads of
+        one process take turns on a lock of their own first: waiting on SQLite's lock
+        means its busy handler's sleeps (1 ms, 2 ms, 5 ms... up to 100 ms), and the
+        commit of a delivery must not sleep behind an enqueue."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         for owner in list(self._owners):
