@@ -378,6 +378,19 @@ def test_cli_init_retrain_list_rollback_with_the_gate_config_defaults(base, tmp_
     assert "--corpus" in capsys.readouterr().err
 
 
+def test_cli_init_can_train_a_fair_base(base, tmp_path, capsys):
+    config = gate_config(tmp_path, model=base.bundle)
+    models = tmp_path / "models"
+    assert main(["retrain", "init", "--config", config, "--models", str(models), "--corpus", str(base.corpus),
+                 "--recipe", str(base.recipe), "--jobs", "1"]) == 0
+    assert "without the validation slice" in capsys.readouterr().out
+    current = load_bundle(models / "current")
+    assert current.version.endswith("-corpus-base") and current.training["validation_slice"] == DEFAULT_SLICE.describe()
+    assert current.training["n"] == load_bundle(base.bundle).training["n"]
+    assert main(["retrain", "init", "--config", config, "--models", str(models)]) == 0
+    assert f"already seeded, current is {current.version}" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- hot reload
 
 def test_promotion_reloads_a_scorer_serving_models_current(request, env, tmp_path):

@@ -67,7 +67,9 @@ The models directory
 
 ``current`` is switched atomically: a new symlink is made beside it and renamed over it,
 so a scorer (re)loading at any moment finds the old bundle or the new one, never a
-half. On first use the directory is seeded with a copy of the bundle the scorer runs now.
+half. On first use the directory is seeded with a copy of the bundle the scorer runs now, or
+(``mailsift retrain init --corpus``) with a base bundle trained without the validation
+slice.
 The newest ``keep`` versions are kept (the current one always) for
 ``mailsift retrain rollback``.
 
@@ -105,7 +107,7 @@ from .corpus import Message, read_corpus
 from .metrics import FPR_SLACK, evaluate_scores, format_table
 from .recipe import DEFAULT_RECIPE, load_recipe
 from .train import (DEFAULT_SLICE, ValidationSlice, extract_all, fit_bundle, library_versions, oof_report,
-                    write_bundle)
+                    train, write_bundle)
 
 HOLDOUT = 0.2          # the newest fifth of new feedback tests the candidate
 KEEP = 5               # versions kept for rollback
@@ -334,6 +336,16 @@ class ModelStore:
         self.add(copy, name)
         self.switch(name, "seed", source=str(src.resolve()))
         return name
+
+    def seed_trained(self, corpus: str, recipe=DEFAULT_RECIPE, fmt: str = "auto", jobs: int = 0,
+                     argv: list[str] | None = None) -> str:
+        """Train a base bundle on ``corpus`` without the validation slice and make it
+        current: the fair start for a comparison (the shipped model saw the whole corpus)."""
+        version = self.free_name(f"{_now():%Y.%m.%d}-{pathlib.Path(corpus).resolve().name}-base")
+        self.add(lambda tmp: train(corpus, tmp, recipe, version, jobs=jobs, fmt=fmt, argv=argv,
+                                   validation_slice=DEFAULT_SLICE), version)
+        self.switch(version, "seed", source=f"trained on {corpus} without the validation slice")
+        return version
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` versions, never the current one."""

@@ -4,7 +4,7 @@ real traffic, registered by ``classifier.cli``.
     mailsift retrain --corpus DIR [--dry-run]   build, evaluate and maybe promote a bundle
     mailsift retrain list                        the kept versions, the current one marked
     mailsift retrain rollback [VERSION]          back to VERSION (default: the one before)
-    mailsift retrain init                        seed the models directory (first use)
+    mailsift retrain init [--corpus DIR]         seed the models directory (first use)
     mailsift tune [--json]                       what other thresholds would have changed
 
 Paths default from the gate's config (``--config``, like ``mailsift gate serve``): the
@@ -49,8 +49,14 @@ def register(sub) -> None:
     _common(s)
     s.add_argument("target", nargs="?", metavar="VERSION", help="default: the version before the current one")
     s.set_defaults(func=_rollback)
-    s = rsub.add_parser("init", help="seed the models directory with the bundle the scorer runs now")
+    s = rsub.add_parser("init", help="seed the models directory with the bundle the scorer runs now,"
+                                     " or with one trained on --corpus without the validation slice")
     _common(s)
+    s.add_argument("--corpus", help="train the first version on this corpus, without the validation slice"
+                                    " (a fair base for the comparisons; the shipped model saw the whole corpus)")
+    s.add_argument("--format", default="auto", choices=["auto", "index", "dirs", "mbox", "maildir"])
+    s.add_argument("--recipe", default=None, help="model recipe TOML (default: training/default_model.toml)")
+    s.add_argument("--jobs", type=int, default=0, help="processes for features and fits (0: one per core)")
     s.set_defaults(func=_init)
 
     t = sub.add_parser("tune", help="what moving the threshold would have changed, from the decision log"
@@ -187,6 +193,7 @@ def _rollback(a) -> int:
 
 def _init(a) -> int:
     from classifier.bundle import BundleError
+    from training.corpus import CorpusError
 
     from .retrain import ModelStore, RetrainError
 
@@ -200,11 +207,15 @@ def _init(a) -> int:
             if cur is not None:
                 print(f"{models}: already seeded, current is {cur}")
                 return 0
-            source = _seed_source(cfg, models)
-            name = store.seed(source)
-    except (RetrainError, BundleError) as exc:
+            if a.corpus:
+                source = f"trained on {a.corpus} without the validation slice"
+                name = store.seed_trained(a.corpus, a.recipe, a.format, a.jobs, argv=sys.argv[1:])
+            else:
+                source = f"a copy of {_seed_source(cfg, models)}"
+                name = store.seed(_seed_source(cfg, models))
+    except (RetrainError, BundleError, CorpusError) as exc:
         return _fail(f"init: {exc}")
-    print(f"{models}/current -> versions/{name} (a copy of {source})")
+    print(f"{models}/current -> versions/{name} ({source})")
     print(f'serve it with: [scorer] model = "{models / "current"}" (or mailsift scorer serve --model ...)')
     return 0
 
