@@ -177,6 +177,9 @@ def test_campaign_feedback_is_promoted_previous_kept_and_rollback_works(env):
     assert rollback(env.models, new)["version"] == new
     with pytest.raises(RetrainError, match="already current"):
         rollback(env.models, new)
+    for bad in ("nope", "../versions/" + BASE):
+        with pytest.raises(RetrainError, match="nope|no version"):
+            rollback(env.models, bad)
     actions = [json.loads(x)["action"] for x in (env.models / "history.jsonl").read_text().splitlines()]
     assert actions == ["seed", "promote", "rollback", "rollback"]
     assert [(v.version, v.current) for v in env.store.versions()] == [(BASE, False), (new, True)]

@@ -125,7 +125,7 @@ class RetrainError(Exception):
 # ---------------------------------------------------------------- feedback
 
 @dataclass(frozen=True)
-class Labelled:
+class LearnedMessage:
     """One message of the learn log with its current label."""
 
     digest: str
@@ -138,7 +138,7 @@ class Labelled:
     message: bytes
 
 
-def read_learnlog(path: str | os.PathLike) -> tuple[list[Labelled], int]:
+def read_learnlog(path: str | os.PathLike) -> tuple[list[LearnedMessage], int]:
     """Every message of the learn log with its current label, oldest label first, and
     the log's last id. A missing log has none (it is not created)."""
     if not os.path.exists(path):
@@ -152,12 +152,12 @@ def read_learnlog(path: str | os.PathLike) -> tuple[list[Labelled], int]:
         upto = log.last_id()
     finally:
         log.close()
-    items = [Labelled(e.digest, e.label, e.id, e.at, e.source, e.who, list(e.classifiers), e.message)
+    items = [LearnedMessage(e.digest, e.label, e.id, e.at, e.source, e.who, list(e.classifiers), e.message)
              for e in sorted(last.values(), key=lambda e: e.id)]
     return items, upto
 
 
-def split_feedback(items: list[Labelled], current_upto: int, holdout: float) -> tuple[list[Labelled], list[Labelled]]:
+def split_feedback(items: list[LearnedMessage], current_upto: int, holdout: float) -> tuple[list[LearnedMessage], list[LearnedMessage]]:
     """(folded into the candidate, held out to test it): all that the current bundle
     folded in already, plus the older part of the rest; the newest ``holdout`` fraction
     of the rest is held out."""
@@ -557,6 +557,10 @@ class Retrain:
                             " builds a base bundle without them)")
         if self.learnlog and not os.path.exists(self.learnlog):
             warnings.append(f"no learn log at {self.learnlog}: no feedback folded in")
+        elif everything and log_last < current_upto:
+            warnings.append(f"the learn log ends at id {log_last}, before the current bundle's learnlog_upto"
+                            f" {current_upto}: is it another installation's, or was it replaced? The scorer"
+                            " does not replay entries up to that id")
 
         report = {
             "run": version, "date": now.isoformat(timespec="seconds"), "dry_run": self.dry_run,
@@ -671,6 +675,8 @@ def rollback(models: str | os.PathLike, version: str | None = None, scorers: lis
             raise RetrainError(f"{cur} is the oldest version kept; nothing to roll back to")
         if target == cur:
             raise RetrainError(f"{cur} is already current")
+        if not _VERSION.match(target):
+            raise RetrainError(f"no version {target!r}")
         try:
             load_bundle(store.path_of(target))
         except BundleError as exc:
