@@ -11,7 +11,10 @@ recipient bounces as ``unrouteable``, 5.4.4), DNS trouble is temporary.
 
 One dispatcher task finds due work, claims it in the queue (a lease, so two processes
 never deliver the same recipient) and starts one delivery per (message, route), at
-most ``workers_per_route`` at once per route. A delivery records the route's 250 in
+most ``workers_per_route`` at once per route. Mail the gate has just queued is handed
+over directly (``queued``), so a busy gate does not scan the queue for every message;
+the queue is scanned every ``poll_interval`` (retries come due, ``mailsift queue
+retry``, releases queued by the CLI) and whenever a route that was full has room. A delivery records the route's 250 in
 the queue before it says QUIT (``SmtpRelay.transfer``'s ``on_accepted``): a crash can
 then duplicate a message only between the route's 250 and that commit.
 
@@ -45,6 +48,9 @@ log = logging.getLogger("mailsift.queue")
 # takes its dead predecessor's claims back at once (Queue.recover), so this only matters
 # where no lock file can tell (another host on a shared disk).
 LEASE = 900.0
+# Due recipients looked at per scan: a route's backlog beyond this waits for a later
+# scan, other routes' mail is seen meanwhile once the backlog's own deliveries start.
+SCAN_LIMIT = 500
 # Whatever the message's classification was not recorded as (an enqueue without meta):
 # the queue only holds mail that was accepted, so it reads as accepted mail.
 DEFAULT_CLASSIFICATION = "not_spam"
@@ -81,6 +87,9 @@ class Deliverer:
         self._inflight: set[tuple[str, int]] = set()
         self._active: collections.Counter = collections.Counter()
         self._in_round = False
+        self._hints: list[Due] = []      # just queued: deliver without a scan
+        self._scan = True                # the next round scans the queue
+        self._backlog = False            # a full route left due mail behind
 
     # ------------------------------------------------------------------------------
     # lifecycle
@@ -109,7 +118,15 @@ class Deliverer:
             self.owner = None
 
     def wake(self) -> None:
-        """Look for due work now (new mail was queued). On the event loop's thread."""
+        """Scan the queue for due work now. On the event loop's thread."""
+        self._scan = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def queued(self, queue_id: str, rcpts: list[str], route: tuple[str, int] | None) -> None:
+        """Mail was just queued (by the gate, or a bounce by us): start its delivery
+        without scanning the queue. On the event loop's thread."""
+        self._hints += [Due(queue_id, i, r, route) for i, r in enumerate(rcpts)]
         if self._wake is not None:
             self._wake.set()
 
@@ -135,11 +152,21 @@ class Deliverer:
     # dispatching
     # ------------------------------------------------------------------------------
     async def _dispatch(self) -> None:
+        last_scan = 0.0
         while True:
             self._wake.clear()
             self._in_round = True
+            hints, self._hints = self._hints, []
+            scan = self._scan or time.monotonic() - last_scan >= self.q.poll_interval
             try:
-                await self._round()
+                if scan:
+                    self._scan = False
+                    last_scan = time.monotonic()
+                    due = await asyncio.to_thread(self.queue.due, self.clock(), SCAN_LIMIT)
+                    self._backlog = len(due) >= SCAN_LIMIT
+                else:
+                    due = hints
+                await self._start(due)
             except asyncio.CancelledError:
                 raise
             except Exception:   # the database busy or a disk error: try again next round
@@ -159,22 +186,21 @@ class Deliverer:
             return domain.route
         return self.cfg.outgoing_relay
 
-    async def _round(self) -> None:
+    async def _start(self, due: list[Due]) -> None:
+        """Claim and start deliveries of ``due`` recipients, as their routes have room."""
         now = self.clock()
-        due = await asyncio.to_thread(self.queue.due, now, 1000)
         groups: dict[tuple[str, tuple[str, int] | None], list[Due]] = {}
         for d in due:
             if (d.queue_id, d.idx) not in self._inflight:
                 groups.setdefault((d.queue_id, self.route_for(d)), []).append(d)
-        started = collections.Counter()
         for (qid, route), ds in groups.items():
-            if route is not None and self._active[route] + started[route] >= self.q.workers_per_route:
+            if route is not None and self._active[route] >= self.q.workers_per_route:
+                self._backlog = True     # scan again when one of its deliveries ends
                 continue
             claimed = await asyncio.to_thread(self.queue.claim, self.owner, qid, [d.idx for d in ds],
                                               now + LEASE, now)
             if not claimed:
                 continue
-            started[route] += 1
             self._active[route] += 1
             mine = [d for d in ds if d.idx in claimed]
             self._inflight.update((qid, d.idx) for d in mine)
@@ -207,7 +233,8 @@ class Deliverer:
         finally:
             self._active[route] -= 1
             self._inflight.difference_update((qid, i) for i in idxs)
-            self.wake()
+            if self._backlog:
+                self.wake()
 
     async def _record(self, qid: str, outcomes: list[Outcome], bounce: Enqueue | None = None) -> str | None:
         return await asyncio.to_thread(self.queue.record, qid, outcomes, owner=self.owner, bounce=bounce,
@@ -283,7 +310,7 @@ class Deliverer:
         bounce = self._bounce(entry, data, bounced, now) if bounced else None
         bounce_id = await self._record(entry.queue_id, outcomes, bounce) if outcomes else None
         if bounce_id is not None:
-            self.wake()
+            self.queued(bounce_id, bounce.rcpts, bounce.route)
         for r in final:
             self._log(entry, r, route_text, bounce_id, outcomes)
 

@@ -153,7 +153,7 @@ class Gate:
         self.scorer = scorer
         self.delivery = delivery
         self.queue = queue            # accepted mail goes here with [queue] enabled
-        self.queued = queued          # called (on the loop) after each enqueue: wakes the workers
+        self.queued = queued          # called (on the loop) with (queue id, rcpts, route) after each enqueue
         self.quarantine = quarantine
         self.decisions = decisions
         self.clock = clock
@@ -445,12 +445,12 @@ class Gate:
         meta = {"classification": result.classification, "score": outcome.score, "digest": digest,
                 "message_id": ctx.message_id or None, "settings_id": txn.settings.id if txn.settings else None,
                 "client_ip": conn.client_ip, "user": conn.user}
+        # outgoing mail goes to the outgoing relay; inbound mail per recipient to its domain's route
+        route = self.cfg.outgoing_relay if conn.submission else None
         try:
             await asyncio.to_thread(
                 self.queue.enqueue, mail_from=txn.mail_from, rcpts=txn.deliver_to, message=message,
-                queue_id=txn.queue_id, origin="smtp",
-                # outgoing mail goes to the outgoing relay; inbound mail per recipient to its domain's route
-                route=self.cfg.outgoing_relay if conn.submission else None,
+                queue_id=txn.queue_id, origin="smtp", route=route,
                 smtputf8=txn.smtputf8, body8bit=txn.body8bit, original_offset=offset, meta=meta, original=raw)
         except Exception as exc:
             log.exception("enqueue of %s failed", txn.queue_id)
@@ -462,7 +462,7 @@ class Gate:
                           **dict(log_extra, more_evidence=log_extra["more_evidence"] + [result.to_log()]))
             return reply
         if self.queued is not None:
-            self.queued()
+            self.queued(txn.queue_id, txn.deliver_to, route)
         return None
 
     async def _relay_now(self, conn, txn, message, result, log_extra) -> str | None:

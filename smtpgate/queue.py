@@ -227,21 +227,31 @@ class Queue:
         return db
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock at once, so what it
         reads stays true until it commits (the claim relies on that). The threads of
         one process take turns on a lock of their own first: waiting on SQLite's lock
         means its busy handler's sleeps (1 ms, 2 ms, 5 ms... up to 100 ms), and the
-        commit of a delivery must not sleep behind an enqueue."""
+        commit of a delivery must not sleep behind an enqueue.
+
+        ``durable=False`` (leases only) commits without waiting for the disk: a lease
+        lost to a power cut belonged to a process that is gone too, and the next
+        durable commit writes it out anyway (WAL: one log, in order)."""
         db = self._db()
         with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         for owner in list(self._owners):
@@ -423,7 +433,7 @@ class Queue:
 
     def unregister_worker(self, owner: str) -> None:
         """Give back the worker's claims and its identity."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("UPDATE recipient SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
                        (owner,))
         fd = self._owners.pop(owner, None)
@@ -456,7 +466,7 @@ class Queue:
         dead = [o for o in owners if not self._alive(o)]
         released = 0
         if dead:
-            with self._tx() as db:
+            with self._tx(durable=False) as db:
                 for o in dead:
                     released += db.execute("UPDATE recipient SET lease_owner = NULL, lease_until = NULL"
                                            " WHERE lease_owner = ?", (o,)).rowcount
@@ -502,7 +512,7 @@ class Queue:
         (a recipient delivered, deleted or claimed meanwhile is left out)."""
         now = self.clock() if now is None else now
         got = []
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             for i in idxs:
                 n = db.execute(
                     "UPDATE recipient SET lease_owner = ?, lease_until = ? WHERE queue_id = ? AND idx = ?"
@@ -546,7 +556,7 @@ class Queue:
 
     def release(self, owner: str, queue_id: str, idxs: list[int]) -> None:
         """Give back a claim without an attempt (the worker is stopping)."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.executemany("UPDATE recipient SET lease_owner = NULL, lease_until = NULL"
                            " WHERE queue_id = ? AND idx = ? AND lease_owner = ?",
                            [(queue_id, i, owner) for i in idxs])

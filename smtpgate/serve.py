@@ -135,7 +135,7 @@ class GateServer:
         self.gate = Gate(cfg, resolver=resolver, scorer=self.scorer, delivery=relay,
                          quarantine=Quarantine(cfg.state_dir / "quarantine", retention=cfg.quarantine.retention,
                                               clock=clock), decisions=self.decisions,
-                         queue=self.queue, queued=self.deliverer.wake)
+                         queue=self.queue, queued=self.deliverer.queued)
         self.gate.state = await open_store(cfg, clock=clock)
         await self.deliverer.start()
         self._housekeeping = asyncio.create_task(self._purge_forever(), name="purge")
