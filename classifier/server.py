@@ -99,7 +99,9 @@ class ScorerService(pb_grpc.ScorerServicer):
     # ---- model state
     def _load(self):
         """A bundle with the learn log replayed on it: (scorer, last applied id, receipts)."""
-        scorer = Scorer(load_bundle(self.cfg.model, self.cfg.manifest_sha256))
+        # a models directory's ``current`` is a symlink the retraining job switches:
+        # resolved once, so a reload reads one bundle's manifest and files, never a mix
+        scorer = Scorer(load_bundle(os.path.realpath(self.cfg.model), self.cfg.manifest_sha256))
         receipts: dict[str, tuple] = {}
         applied = int(scorer.bundle.training.get("learnlog_upto", 0))
         for entry in self._log.since(applied):

@@ -66,8 +66,13 @@ def spawn_scorer(cfg: GateConfig, timeout: float = 120.0) -> tuple[subprocess.Po
            "--state", str(cfg.state_dir / "scorer"), "--ready-file", str(ready),
            "--max-message-mb", str(max(1, -(-cfg.max_message_size // (1024 * 1024)) + 1)),
            "--metrics-port", "0"]
-    if cfg.scorer_model:
-        cmd += ["--model", cfg.scorer_model]
+    model = cfg.scorer_model
+    if not model and (cfg.state_dir / "models" / "current").exists():
+        # `mailsift retrain` keeps its promoted bundles there: serve the current one,
+        # so that a promotion (and its Reload) reaches the gate's own scorer
+        model = str(cfg.state_dir / "models" / "current")
+    if model:
+        cmd += ["--model", model]
     if cfg.scorer_reputation:
         cmd += ["--reputation", cfg.scorer_reputation]
     proc = subprocess.Popen(cmd)

@@ -51,6 +51,9 @@ model = "{fitted_bundle}"
 deadline = 20
 reputation = "reputation.toml"
 
+[feedback]
+trusted = ["postmaster"]            # the admin of test_report_then_release: no review
+
 [domains."example.test"]
 route = "127.0.0.1:{sink.port}"
 """
@@ -142,6 +145,46 @@ def test_swaks_smoke(running):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "<-  250 2.0.0 Message accepted for delivery" in out.stdout
     assert len(running["sink"].wait(1)) == 1
+
+
+def _admin(running, *args) -> str:
+    """A ``mailsift`` admin command against the running gate's state, as an admin runs it."""
+    out = subprocess.run([sys.executable, "-m", "classifier.cli", *args, "--config",
+                          str(running["state"].parent / "gate.toml"), "--who", "postmaster"],
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_report_then_release_changes_the_verdict_on_copies(running):
+    """The feedback loop through SMTP with the real scorer: a delivered message reported
+    as spam makes its next copy `considered_spam` (550, quarantined, logged with the
+    reported check's evidence); releasing that copy lets the copy after it through."""
+    sink = running["sink"]
+    sink.clear()
+    body = b"\r\n\r\nThe minutes of the garden committee, item 7: compost bins for the north plot.\r\n"
+    copies = [running["ham"].replace(b"\r\n\r\n", body, 1).replace(
+        b"Message-ID: <", f"Message-ID: <copy{i}.".encode(), 1) for i in range(3)]
+    assert _send(running["port"], copies[0]) == (250, get("not_spam").reply()[4:])
+    first = _decisions(running)[-1]
+    sink.wait(1)
+    out = _admin(running, "quarantine", "report", "--queue-id", first["queue_id"], "--why", "newsletter I never asked for")
+    assert "learned" in out
+
+    code, text = _send(running["port"], copies[1])
+    row = get("considered_spam")
+    assert (code, text) == (550, "5.7.1 Message considered spam") == (row.code, f"{row.enhanced} {row.text}")
+    held = _decisions(running)[-1]
+    assert held["classification"] == "considered_spam"
+    assert "reported as spam by 1 reporter" in held["evidence"][0]["evidence"]
+    assert held["digest"] != first["digest"]        # a copy, not the reported bytes
+
+    out = _admin(running, "quarantine", "release", held["queue_id"], "--why", "the user asked for it after all")
+    assert "learned" in out or "relearned" in out
+    assert len(sink.wait(2)) == 2                   # the released copy, delivered by the queue
+    assert _send(running["port"], copies[2]) == (250, get("not_spam").reply()[4:])
+    assert _decisions(running)[-1]["classification"] == "not_spam"
 
 
 def test_sigterm_stops_the_gate_and_its_scorer(running):
