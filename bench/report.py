@@ -87,6 +87,44 @@ def reputation_sections(rep, pz, nd) -> list[str]:
     return L
 
 
+def queue_feedback_sections(q, fb) -> list[str]:
+    """Issue 7: the durable queue against the synchronous relay, and the time from a
+    release or report to the scorer's changed verdict."""
+    L: list[str] = []
+    if q:
+        s, p = q["summary"], q["parameters"]
+        L += ["", "## The durable queue (`bench/queue_bench.py`)", "",
+              f"{p['clients']} clients, {p['messages']} messages per round, {p['rounds']} interleaved rounds per mode,"
+              " one gate process per mode against the same scorer, sink and DNS; medians over rounds.", "",
+              "| | queue (fsync'd before the 250) | synchronous relay | queue / relay |",
+              "|---|---|---|---|"]
+        qq, ss = s["queue"], s["sync"]
+        L += [f"| accepted msgs/s | {qq['accepted_msgs_per_s_median']:.1f} | {ss['accepted_msgs_per_s_median']:.1f}"
+              f" | {s['accepted_ratio_queue_over_sync']:.2f} |",
+              f"| delivered end to end msgs/s | {qq['delivered_msgs_per_s_median']:.1f} | {ss['delivered_msgs_per_s_median']:.1f}"
+              f" | {s['delivered_ratio_queue_over_sync']:.2f} |",
+              f"| end of DATA to reply, p50 / p99 | {qq['latency_ms_p50']:.0f} / {qq['latency_ms_p99']:.0f} ms"
+              f" | {ss['latency_ms_p50']:.0f} / {ss['latency_ms_p99']:.0f} ms | |",
+              f"| gate CPU per message | {qq['gate_cpu_ms_per_msg_median']:.1f} ms | {ss['gate_cpu_ms_per_msg_median']:.1f} ms | |",
+              f"| every 250 delivered, nothing else | {qq['delivered_matches_250']} | {ss['delivered_matches_250']} | |", ""]
+    if fb:
+        a = fb["summary"]["all"]
+        L += ["", "## From feedback to the changed verdict (`bench/feedback_bench.py`)", "",
+              f"{a['trials']} trials alternating report and release, a {fb['workers']}-worker scorer with the shipped"
+              " model; the clock starts when `Feedback.submit` returns and stops at the changed verdict on a copy"
+              " of the message to another recipient.", "",
+              "| measure | p50 | p99 |", "|---|---|---|"]
+        for key, what in (("submit", "`Feedback.submit` (guards, fsync'd insert, Learn)"),
+                          ("changed_learner", "to the changed verdict on the worker that learned"),
+                          ("changed_other", "to the changed verdict on the other worker"),
+                          ("total_other", "start of submit to the other worker's changed verdict"),
+                          ("pickup_other", "until the other worker's learn-log poll applied the learn")):
+            L.append(f"| {what} | {a[key]['p50_ms']:.1f} ms | {a[key]['p99_ms']:.1f} ms |")
+        L += ["", f"The first Score after the submit already gave the new verdict in {a['changed_at_first_score']}"
+              f" of {a['trials']} trials.", ""]
+    return L
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--harness", default=str(ROOT / "bench/out/harness/results/spamassassin.json"))
@@ -98,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pyzor", default=str(ROOT / "bench/out/pyzor_compat.json"))
     ap.add_argument("--neardup", default=str(ROOT / "bench/out/neardup.json"))
     ap.add_argument("--gate-stateful", default=str(ROOT / "bench/out/gate_stateful.json"))
+    ap.add_argument("--queue", default=str(ROOT / "bench/out/queue/queue_bench.json"))
+    ap.add_argument("--feedback", default=str(ROOT / "bench/out/feedback/feedback_bench.json"))
     ap.add_argument("--out", default=str(ROOT / "bench/report.md"))
     ap.add_argument("--note", default="", help="a paragraph on how this run differs from a plain bench/run.sh")
     a = ap.parse_args(argv)
@@ -241,6 +281,7 @@ def main(argv=None) -> int:
         L += ["", "## The stateful protections' cost", "", markdown_stateful(stateful),
               "", "The store on its own, and its growth to 1M client IPs: `python bench/state_bench.py`"
               " (numbers in the closing note of issue 6).", ""]
+    L += queue_feedback_sections(load(a.queue), load(a.feedback))
     L += ["", "Where a target is not met, the closing notes of the issues and",
           "README.md say what was measured and why.", ""]
     pathlib.Path(a.out).write_text("\n".join(L))

@@ -30,6 +30,8 @@ python3 bench/pyzor_compat.py --corpus "$CORPUS" --out "$OUT/pyzor_compat.json"
 python3 bench/neardup_bench.py --corpus "$CORPUS" --out "$OUT/neardup.json"
 python3 bench/reputation_bench.py --corpus "$CORPUS" --out "$OUT/reputation.json"
 python3 bench/state_bench.py --out "$OUT/state.json"
+python3 bench/queue_bench.py --out "$OUT/queue/queue_bench.json"
+python3 bench/feedback_bench.py --out "$OUT/feedback/feedback_bench.json"
 
 HARNESS="$ROOT/../shared/bench/run.py"
 if [ -z "${SKIP_PEERS:-}" ] && [ -f "$HARNESS" ]; then

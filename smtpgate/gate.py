@@ -434,7 +434,9 @@ class Gate:
                 "evidence": [result.to_log()] + [r.to_log() for r in outcome.notes],
                 "score": outcome.score, "scores": outcome.scores, "model_version": outcome.model_version,
                 "settings_id": txn.settings.id if txn.settings else None, "digest": digest,
-                "message_id": ctx.message_id, "route": txn.route})
+                "message_id": ctx.message_id, "route": txn.route,
+                # how a release must relay it (RFC 6531 SMTPUTF8, RFC 6152 8BITMIME)
+                "smtputf8": txn.smtputf8, "body8bit": txn.body8bit})
         for rcpt in txn.rcpts:
             self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **log_extra)
         return reply
