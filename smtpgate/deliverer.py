@@ -213,22 +213,31 @@ class Deliverer:
     # ------------------------------------------------------------------------------
     async def _deliver(self, qid: str, route: tuple[str, int] | None, ds: list[Due]) -> None:
         idxs = [d.idx for d in ds]
+        entry = data = None
+        finishing = False
         try:
             entry = await asyncio.to_thread(self.queue.get, qid)
             data = await asyncio.to_thread(self.queue.message, qid)
             results = await asyncio.wait_for(self._attempt(entry, data, route, ds), LEASE - 60)
+            finishing = True
             await self._finish(entry, data, route, results)
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.queue.release, self.owner, qid, idxs))
             raise
         except Exception as exc:
             # Our own failure (not the route's): the recipients wait for the next attempt
-            # like a temporary failure; one already recorded as delivered stays so.
+            # like a temporary failure, on the same schedule and up to the same max_age,
+            # then bounce; one already recorded as delivered stays so.
             log.exception("delivery of %s failed", qid)
+            why = f"451 4.3.0 internal error: {type(exc).__name__}: {exc}"
             try:
-                await self._record(qid, [Outcome(i, "deferred", f"internal error: {type(exc).__name__}: {exc}",
-                                                 next_attempt=self.clock() + self.q.retry_schedule[0])])
-            except Exception:
+                if entry is not None and data is not None and not finishing:
+                    await self._finish(entry, data, route, [
+                        Result(d.idx, d.rcpt, "deferred", why, _classification(entry.meta)) for d in ds])
+                else:   # the entry cannot be read, or recording its outcome failed
+                    await self._record(qid, [Outcome(i, "deferred", why, next_attempt=self.clock() + self.q.retry_schedule[0])
+                                             for i in idxs])
+            except Exception:   # the store itself fails: the lease lapses, then it is tried again
                 log.exception("could not record the failed delivery of %s", qid)
         finally:
             self._active[route] -= 1
@@ -258,8 +267,9 @@ class Deliverer:
             await self._record(entry.queue_id, [Outcome(ds[i].idx, "delivered", line, format_route(route))
                                                 for i in ok])
 
+        smtputf8 = entry.smtputf8 or not all(a.isascii() for a in (entry.mail_from, *rcpts))
         t: Transfer = await self.relay.transfer(addrs, port, entry.mail_from, rcpts, data,
-                                                smtputf8=entry.smtputf8, body8bit=entry.body8bit,
+                                                smtputf8=smtputf8, body8bit=entry.body8bit,
                                                 on_accepted=delivered)
         out = []
         for d, (code, line) in zip(ds, t.replies):

@@ -51,7 +51,7 @@ from .config import GateConfig, Settings, address_matches, normalise_address
 from .decisionlog import DecisionLog
 from .delivery import Delivery, DeliveryResult
 from .dns import Resolver
-from .message import DataContext
+from .message import DataContext, shown
 from .policy import POLICY
 from .quarantine import Quarantine
 from .queue import Queue, new_id
@@ -314,6 +314,8 @@ class Gate:
         mail_from = "" if address in ("<>", "") else address
         txn = Txn(queue_id=new_id(), mail_from=mail_from, smtputf8=bool(envelope.smtp_utf8),
                   body8bit="BODY=8BITMIME" in mail_options)
+        if not txn.smtputf8 and not mail_from.isascii():
+            return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8 (RFC 6531)"
         try:
             result = await self._run("mail", conn, txn)
         except _Reply as r:
@@ -387,6 +389,8 @@ class Gate:
         # the message's identity, as the scorer and the learn log know it
         digest = outcome.digest or message_digest(raw)
         log_extra = dict(common, score=outcome.score, scores=outcome.scores or None,
+                         # the threshold the score was compared with (mailsift tune reads it)
+                         threshold=txn.settings.threshold if outcome.score is not None and txn.settings else None,
                          model_version=outcome.model_version, digest=digest,
                          more_evidence=[r.to_log() for r in outcome.notes])
         if row.action == "accept":
@@ -402,16 +406,21 @@ class Gate:
             if failed is not None:
                 return failed
             reply = row.reply()
-            if (self.cfg.greylist is not None and self.state is not None and not conn.submission
-                    and result.classification in ("not_spam", "dnswl")):
-                # ham accepted from this network: it needs no greylisting from now on
-                await add_reputation(self.state, network_of(conn.client_ip, conn.ptr, conn.ptr_name),
-                                     self.cfg.greylist)
-            if conn.user is not None and self.state is not None:
-                for limit, window in ((self.limits.outgoing_per_hour, 3600.0),
-                                      (self.limits.outgoing_per_day, 86400.0)):
-                    if limit:
-                        await self.state.hit(f"quota:{window:g}:{conn.user}", window)
+            # From here on the queue (or the route) holds the message: whatever fails, the
+            # 250 stands, since a 4xx would have the sender send it twice.
+            try:
+                if (self.cfg.greylist is not None and self.state is not None and not conn.submission
+                        and result.classification in ("not_spam", "dnswl")):
+                    # ham accepted from this network: it needs no greylisting from now on
+                    await add_reputation(self.state, network_of(conn.client_ip, conn.ptr, conn.ptr_name),
+                                         self.cfg.greylist)
+                if conn.user is not None and self.state is not None:
+                    for limit, window in ((self.limits.outgoing_per_hour, 3600.0),
+                                          (self.limits.outgoing_per_day, 86400.0)):
+                        if limit:
+                            await self.state.hit(f"quota:{window:g}:{conn.user}", window)
+            except Exception:
+                log.exception("state store update failed after accepting %s", txn.queue_id)
             try:
                 for rcpt in txn.rcpts:
                     extra = dict(log_extra)
@@ -419,9 +428,7 @@ class Gate:
                     if refused:   # synchronous relay: refused for good (5xx) while the route
                         extra["delivery"] = {"refused": list(refused)}   # took the others
                     self._log(conn, txn, result, result.classification, reply, "data", rcpt=rcpt, **extra)
-            except Exception:
-                # The queue (or the route) holds the message now: a 4xx would have the
-                # sender send it twice. The 250 stands; the failure is logged where it can be.
+            except Exception:   # the 250 stands (above); the failure is logged where it can be
                 log.exception("decision log write failed after accepting %s", txn.queue_id)
             return reply
         reply = result.reply()
@@ -715,6 +722,12 @@ class Gate:
         return None
 
     async def rcpt_restricted_address_chars(self, conn, txn, rcpt):
+        if not txn.smtputf8 and not rcpt.isascii():
+            # RFC 6531 3.4: only a transaction that asked for SMTPUTF8 may carry one;
+            # accepted anyway, it could be delivered nowhere (aiosmtplib, and most
+            # routes, cannot send it without SMTPUTF8)
+            return CheckResult("restricted_address_chars", "rcpt",
+                               f"non-ASCII address {shown(rcpt)} without SMTPUTF8 (RFC 6531 3.4)")
         settings = self._rcpt_settings(conn, rcpt)
         if not settings.enabled("restricted_address_chars"):
             return None

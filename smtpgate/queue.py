@@ -280,8 +280,11 @@ class Queue:
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)      # a full disk must not fill up further with our leftovers
+            raise
+        os.close(fd)
         try:
             os.link(tmp, path)      # never replaces: a second message with this id fails
         except FileExistsError:
@@ -537,14 +540,17 @@ class Queue:
                 for o in outcomes:
                     if o.status not in ("delivered", "deferred", "bounced"):
                         raise ValueError(f"not an attempt's outcome: {o.status!r}")
-                    guard = "" if o.status == "delivered" else " AND status IN ('queued', 'deferred')"
+                    # the route's 250 is a fact whoever holds the lease now; a failure is
+                    # recorded only by the lease's holder, for a recipient still pending
+                    guard = "" if o.status == "delivered" else (
+                        " AND status IN ('queued', 'deferred')" + (" AND lease_owner = ?" if owner else ""))
                     db.execute(
                         "UPDATE recipient SET status = ?, attempts = attempts + 1, last_attempt = ?,"
                         " last_reply = ?, route = coalesce(?, route), next_attempt = coalesce(?, next_attempt),"
                         " lease_owner = NULL, lease_until = NULL, updated = ?"
-                        " WHERE queue_id = ? AND idx = ?" + guard + (" AND lease_owner = ?" if owner else ""),
+                        " WHERE queue_id = ? AND idx = ?" + guard,
                         (o.status, now, o.reply, o.route, o.next_attempt, now, queue_id, o.idx)
-                        + ((owner,) if owner else ()))
+                        + ((owner,) if owner and o.status != "delivered" else ()))
                 self._mark_done(db, queue_id, now)
                 if bounce is not None:
                     self._insert(db, bounce_id, bounce, now)
