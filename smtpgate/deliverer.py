@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ipaddress
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -231,8 +233,8 @@ class Deliverer:
             log.exception("delivery of %s failed", qid)
             why = f"451 4.3.0 internal error: {type(exc).__name__}: {exc}"
             try:
-                if entry is not None and data is not None and not finishing:
-                    await self._finish(entry, data, route, [
+                if entry is not None and not finishing:   # (a message file gone: its DSN has no copy)
+                    await self._finish(entry, data or b"", route, [
                         Result(d.idx, d.rcpt, "deferred", why, _classification(entry.meta)) for d in ds])
                 else:   # the entry cannot be read, or recording its outcome failed
                     await self._record(qid, [Outcome(i, "deferred", why, next_attempt=self.clock() + self.q.retry_schedule[0])
@@ -290,6 +292,9 @@ class Deliverer:
             return "ok", [host], ""
         except ValueError:
             pass
+        local = hosts_file().get(host.lower().rstrip("."))
+        if local:   # localhost, or a route the admin pinned in /etc/hosts (as the synchronous relay finds it)
+            return "ok", local, ""
         a, aaaa = await asyncio.gather(self.resolver.a(host), self.resolver.aaaa(host))
         addrs = (list(a.records) if a.ok else []) + (list(aaaa.records) if aaaa.ok else [])
         if addrs:
@@ -377,6 +382,36 @@ def log_delete(decisions: DecisionLog, entry: QueueEntry, rcpts: list[str], *, w
     why = f"deleted from the queue by {who}" + (f": {reason}" if reason else "")
     for rcpt in rcpts:
         log_outcome(decisions, entry, rcpt, "deleted", why, _classification(entry.meta), {"who": who}, who=who)
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_hosts(mtime: float, path: str = "/etc/hosts") -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        return names
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            ipaddress.ip_address(fields[0])
+        except ValueError:
+            continue
+        for name in fields[1:]:
+            names.setdefault(name.lower().rstrip("."), []).append(fields[0])
+    return names
+
+
+def hosts_file(path: str = "/etc/hosts") -> dict[str, list[str]]:
+    """The static host table (re-read when it changes): route names are looked up
+    there first, then in DNS through the gate's resolver."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return {}
+    return _parse_hosts(mtime, path)
 
 
 def _classification(meta: dict) -> str:

@@ -157,6 +157,7 @@ class Gate:
         self.quarantine = quarantine
         self.decisions = decisions
         self.clock = clock
+        self.busy = 0                 # DATA being decided right now (see handle_DATA)
         self.state = state            # smtpgate.state.StateStore: the stateful protections
         self.limits = config.limits
         # the rate limits set globally or by any domain: counted on every connection/MAIL
@@ -358,8 +359,18 @@ class Gate:
     async def handle_RSET(self, server, session, envelope):
         return "250 2.0.0 OK"   # aiosmtpd sends a hook's None as is: it must be a reply
 
-    @_guarded("data")
     async def handle_DATA(self, server, session, envelope):
+        # counted, so that a stopping server lets a message it is deciding (and may have
+        # queued already) get its reply before connections are closed: a reply lost
+        # after the enqueue would have the sender send the message twice
+        self.busy += 1
+        try:
+            return await self._data(server, session, envelope)
+        finally:
+            self.busy -= 1
+
+    @_guarded("data")
+    async def _data(self, server, session, envelope):
         conn: Conn = session.gate
         txn: Txn = envelope.gate
         conn.tls = session.ssl is not None

@@ -28,6 +28,7 @@ import ssl
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 from classifier.client import AsyncRemoteScorer
@@ -113,6 +114,7 @@ class GateServer:
         self.scorer: AsyncRemoteScorer | None = None
         self.decisions: DecisionLog | None = None
         self.queue: Queue | None = None
+        self.sessions: weakref.WeakSet[GateSMTP] = weakref.WeakSet()
         self.deliverer: Deliverer | None = None
         self._housekeeping: asyncio.Task | None = None
 
@@ -159,6 +161,7 @@ class GateServer:
                     auth_exclude_mechanism=["LOGIN", "PLAIN"] if kind == "inbound" else None,
                     command_call_limit=CALL_LIMITS)
                 smtp.listener = kind
+                self.sessions.add(smtp)
                 return smtp
             server = await loop.create_server(factory, listener.host, listener.port,
                                               ssl=tls if listener.kind == "submissions" else None,
@@ -188,13 +191,27 @@ class GateServer:
             await asyncio.sleep(PURGE_INTERVAL)
 
     async def stop(self, drain: float = 10.0) -> None:
+        """Stop accepting, let the messages being decided get their reply (up to
+        ``drain`` seconds), then close every session and stop the workers. A session
+        cut between transactions or while sending its data loses nothing: it got no
+        250, so its sender tries again."""
         for s in self.servers:
             s.close()
+        end = time.monotonic() + drain
+        while self.gate is not None and self.gate.busy and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        if self.gate is not None and self.gate.busy:
+            log.warning("%d messages still being decided after %.0f s; closing", self.gate.busy, drain)
+        # no await between the check above and these closes: no DATA can start meanwhile;
+        # a reply already written is flushed before its connection closes
+        for smtp in list(self.sessions):
+            if smtp.transport is not None and not smtp.transport.is_closing():
+                smtp.transport.close()
         for s in self.servers:
             try:
-                await asyncio.wait_for(s.wait_closed(), drain)
+                await asyncio.wait_for(s.wait_closed(), 1.0)
             except asyncio.TimeoutError:
-                log.warning("sessions still open after %.0f s; closing", drain)
+                pass
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)

@@ -403,3 +403,51 @@ def test_queue_delete_stops_delivery_without_a_bounce_and_is_logged(deferred_gat
     assert sink.messages == [] and [e.origin for e in g.queue.list()] == ["smtp"]
     line = [d for d in g.decisions() if d.get("queue_id") == qid and d.get("phase") == "delivery"][-1]
     assert line["event"] == "deleted" and "sender asked" in line["reply"]
+
+
+def test_stop_lets_a_message_being_decided_get_its_reply(make_gate, sink):
+    """A gate stopping (SIGTERM, a deploy) while the scorer is deciding a message: the
+    sender still gets the reply, and the message is queued once. Cut off after the
+    enqueue, the sender would have sent it again (a duplicate)."""
+    import threading
+
+    g = make_gate()
+    out = {}
+    slow = message(msgid="<drain@good.test>").replace(b"\r\n\r\n", b"\r\nX-Test-Verdict: not_spam 0.01 sleep=1.0\r\n\r\n", 1)
+    t = threading.Thread(target=lambda: out.setdefault("reply", send(g, slow, ["user@example.test"])))
+    t.start()
+    end = time.monotonic() + 10
+    while not g.server.gate.busy:               # the scorer is deciding it now
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    g.stop()
+    t.join(10)
+    assert out["reply"] == (250, "2.0.0 Message accepted for delivery")
+    entries = g.queue.list()
+    assert [e.meta.get("message_id") for e in entries] == ["<drain@good.test>"]
+
+
+def test_our_own_delivery_failure_is_retried_then_bounced(make_gate, peers):
+    """A failure of ours while delivering (here: the message file is gone) is a
+    temporary failure on the retry schedule, and past max_age the recipient bounces
+    with a DSN like any other; it must not stay queued forever."""
+    clock = Clock()
+    g = make_gate(clock=clock, queue={"retry_schedule": [60], "max_age_hours": 1})
+    qid = g.queue.enqueue(mail_from=SENDER, rcpts=["lost@example.test"], message=b"Subject: x\r\n\r\nbody\r\n")
+    g.queue.path(qid).unlink()
+    g.loop_call(lambda: _wake(g))
+    g.settle()
+    r = g.queue.get(qid).recipients[0]
+    assert (r.status, r.attempts) == ("deferred", 1) and "internal error: QueueError: no message" in r.last_reply
+    clock.offset += 3600
+    g.queue.retry(qid)
+    g.loop_call(lambda: _wake(g))
+    g.settle()
+    r = g.queue.get(qid).recipients[0]
+    assert r.status == "bounced"
+    line = [d for d in g.decisions() if d.get("queue_id") == qid and d["phase"] == "delivery"][-1]
+    assert line["event"] == "bounced" and line["bounce"] != "none: null sender"
+
+
+async def _wake(g):
+    g.server.deliverer.wake()

@@ -558,6 +558,23 @@ def test_pipelined_session(gate, sink):
     assert sink.messages[0]["rcpts"] == ["alice@local.test", "carol@local.test"]
 
 
+def test_non_ascii_addresses_need_smtputf8(gate):
+    """RFC 6531 3.4: an internationalised address only in a transaction that asked for
+    SMTPUTF8. Accepted without it, the message could be delivered nowhere."""
+    c = RawClient(gate.port())
+    c.reply()
+    c.cmd("EHLO mail.good.test")
+    assert c.cmd("MAIL FROM:<jörg@good.test>") == (553, "5.6.7 Non-ASCII sender address requires SMTPUTF8 (RFC 6531)")
+    assert c.cmd("MAIL FROM:<sender@good.test>")[0] == 250
+    assert c.cmd("RCPT TO:<jörg@example.test>") == split(reply("restricted_address_chars"))
+    d = decision(gate, classification="restricted_address_chars")
+    assert "without SMTPUTF8" in d["evidence"][0]["evidence"]
+    assert c.cmd("RSET")[0] == 250
+    assert c.cmd("MAIL FROM:<jörg@good.test> SMTPUTF8")[0] == 250
+    assert c.cmd("RCPT TO:<jörg@example.test>")[0] == 250
+    c.cmd("QUIT")
+    c.close()
+
 def test_garbage_commands_get_answers_then_the_door(gate):
     c = RawClient(gate.port())
     c.reply()
