@@ -11,11 +11,16 @@ the mail the gate actually saw. Its inputs:
   the same SHA-256). A released message is ham, a reported one spam; every source counts.
 
 Only what the threshold decided can move: a message quarantined by the combined score
-(``combined_score``) or accepted with a score (``not_spam``, ``dnswl``). A message a
-classifier or a reputation check quarantined alone, a whitelisted one, or one the gate
-refused before DATA stays where it was at any threshold, and is only counted. A message
-is counted once, by its queue id, from its first end-of-DATA line: a message to several
-recipients is one quarantine entry, one release.
+(``combined_score``) or accepted with a score under the threshold it was compared with
+(``not_spam``, ``dnswl``). A message a classifier or a reputation check quarantined
+alone, a whitelisted one, one the gate refused, or one accepted with a score at or over
+its threshold (the scorer let it through for another reason: a released copy, a
+reputation check) stays where it was at any threshold, and is only counted. A message
+is counted once, by its queue id, from the first end-of-DATA line that accepted or
+quarantined it: a message to several recipients is one quarantine entry, one release.
+Its blackholed recipients, logged first under the same queue id, are not its decision,
+nor are the delivery lines the queue writes later. A message with no such line (every
+recipient blackholed, refused at DATA) is counted by its first line.
 
 Labels exist only where someone looked: quarantined ham that was released, delivered
 spam that was reported. So the table counts corrections a threshold would have saved or
@@ -38,6 +43,8 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from classifier.classifications import get
 
 from .metrics import format_table
 from .retrain import read_learnlog
@@ -64,10 +71,11 @@ class Decision:
 
 def read_decisions(paths: Iterable[str | os.PathLike]) -> tuple[list[Decision], dict]:
     """The movable decisions of the decision logs, one per message, and counts of the
-    rest (by classification)."""
-    seen: set[str] = set()
-    out: list[Decision] = []
-    counts = {"lines": 0, "unreadable": 0, "messages": 0, "fixed": {}}
+    rest (by classification; ``over_threshold``: the accepts among them whose score was
+    at or over their own threshold)."""
+    decided: dict[str, dict] = {}    # key -> the line that accepted or quarantined it
+    first: dict[str, dict] = {}      # key -> its first end-of-DATA line (insertion order)
+    counts = {"lines": 0, "unreadable": 0, "messages": 0, "fixed": {}, "over_threshold": 0}
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -80,19 +88,37 @@ def read_decisions(paths: Iterable[str | os.PathLike]) -> tuple[list[Decision], 
                 if not isinstance(rec, dict) or rec.get("phase") != "data":
                     continue
                 key = rec.get("queue_id") or rec.get("digest")
-                if key is None or key in seen:
+                if key is None:
                     continue
-                seen.add(key)
-                counts["messages"] += 1
-                cls, score = rec.get("classification"), rec.get("score")
-                movable = cls in QUARANTINED_BY_SCORE or cls in ACCEPTED_BY_SCORE
-                if not movable or not isinstance(score, int | float):
-                    counts["fixed"][cls] = counts["fixed"].get(cls, 0) + 1
-                    continue
-                thr = rec.get("threshold")
-                out.append(Decision(key, rec.get("digest"), float(score), cls in QUARANTINED_BY_SCORE,
-                                    float(thr) if isinstance(thr, int | float) else None))
+                first.setdefault(key, rec)
+                if key not in decided and _action(rec.get("classification")) in ("accept", "quarantine"):
+                    decided[key] = rec
+    out: list[Decision] = []
+    for key, head in first.items():
+        counts["messages"] += 1
+        rec = decided.get(key, head)
+        cls, score, thr = rec.get("classification"), rec.get("score"), rec.get("threshold")
+        scored = isinstance(score, int | float)
+        thr = float(thr) if isinstance(thr, int | float) else None
+        movable = scored and key in decided and (
+            cls in QUARANTINED_BY_SCORE
+            # an accept at or over its own threshold was not the threshold's doing
+            or (cls in ACCEPTED_BY_SCORE and (thr is None or score < thr)))
+        if not movable:
+            counts["fixed"][cls] = counts["fixed"].get(cls, 0) + 1
+            if scored and cls in ACCEPTED_BY_SCORE and key in decided:
+                counts["over_threshold"] += 1
+            continue
+        out.append(Decision(key, rec.get("digest"), float(score), cls in QUARANTINED_BY_SCORE, thr))
     return out, counts
+
+
+def _action(classification) -> str | None:
+    """The contract table's action for a logged classification id (None: not one)."""
+    try:
+        return get(classification).action
+    except (KeyError, TypeError):
+        return None
 
 
 def tuning_table(decisions: list[Decision], labels: dict[str, str],
@@ -128,7 +154,8 @@ def tune(decisions: list[Decision], counts: dict, labels: dict[str, str],
         "quarantined_now": sum(d.quarantined for d in decisions),
         "labelled": {"ham": labelled.count("ham"), "spam": labelled.count("spam")},
         "without_digest": sum(d.digest is None for d in decisions),
-        "fixed": counts["fixed"], "unreadable_lines": counts["unreadable"],
+        "fixed": counts["fixed"], "accepted_over_threshold": counts.get("over_threshold", 0),
+        "unreadable_lines": counts["unreadable"],
         "thresholds_in_use": used,
         "rows": tuning_table(decisions, labels, thresholds),
     }
@@ -149,7 +176,9 @@ def format_tuning(result: dict) -> str:
     fixed = sum(result["fixed"].values())
     lines = [
         f"{result['messages']} messages in the decision log: {result['movable']} decided by the score"
-        f" ({result['quarantined_now']} quarantined), {fixed} by something the threshold does not move",
+        f" ({result['quarantined_now']} quarantined), {fixed} by something the threshold does not move"
+        + (f" ({result['accepted_over_threshold']} accepted with a score at or over their threshold)"
+           if result.get("accepted_over_threshold") else ""),
         f"feedback labels on them: {result['labelled']['ham']} ham, {result['labelled']['spam']} spam"
         + (f"; {result['without_digest']} logged without a digest (unlabelled)" if result["without_digest"] else ""),
         "thresholds in use: " + (", ".join(f"{t:g}" for t in result["thresholds_in_use"]) or "not logged"),
