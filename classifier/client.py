@@ -122,16 +122,18 @@ class AsyncRemoteScorer(_Base):
         return wire.verdict_from_proto(await self.score_raw(message, **kw))
 
     async def learn(self, message: bytes, label: str, source: str, who: str = "",
-                    classifiers: list[str] | None = None, deadline: float | None = None) -> pb.LearnReply:
-        return await self._call("Learn", _learn_request(self, message, label, source, who, classifiers),
+                    classifiers: list[str] | None = None, deadline: float | None = None,
+                    trusted: bool = False) -> pb.LearnReply:
+        return await self._call("Learn", _learn_request(self, message, label, source, who, classifiers, trusted),
                                 deadline, retry=True)
 
 
 def _learn_request(client: _Base, message: bytes, label: str, source: str, who: str,
-                   classifiers: list[str] | None) -> pb.LearnRequest:
+                   classifiers: list[str] | None, trusted: bool = False) -> pb.LearnRequest:
+    """``trusted``: the feedback store vouches for ``who`` (an admin on ``[feedback] trusted``)."""
     client._check_size(message)
     return pb.LearnRequest(message=message, label=wire.LABEL_NUMBERS[label],
-                           source=wire.SOURCE_NUMBERS[source], who=who,
+                           source=wire.SOURCE_NUMBERS[source], who=who, trusted=trusted,
                            classifiers=[wire.enum_of(c) for c in classifiers or []])
 
 
@@ -176,8 +178,9 @@ class RemoteScorer(_Base):
         return wire.verdict_from_proto(self.score_raw(message, **kw))
 
     def learn(self, message: bytes, label: str, source: str, who: str = "",
-              classifiers: list[str] | None = None, deadline: float | None = None) -> pb.LearnReply:
-        return self._call("Learn", _learn_request(self, message, label, source, who, classifiers),
+              classifiers: list[str] | None = None, deadline: float | None = None,
+              trusted: bool = False) -> pb.LearnReply:
+        return self._call("Learn", _learn_request(self, message, label, source, who, classifiers, trusted),
                           deadline, retry=True)
 
     def explain(self, message: bytes, per_classifier: int = 10, deadline: float | None = None) -> pb.ExplainReply:

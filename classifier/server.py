@@ -102,7 +102,10 @@ class ScorerService(pb_grpc.ScorerServicer):
         # a models directory's ``current`` is a symlink the retraining job switches:
         # resolved once, so a reload reads one bundle's manifest and files, never a mix
         scorer = Scorer(load_bundle(os.path.realpath(self.cfg.model), self.cfg.manifest_sha256))
-        receipts: dict[str, tuple] = {}
+        # a retrained bundle has the feedback up to ``learnlog_upto`` folded in, and the
+        # receipts of those learns (training/retrain.py): a change of mind about one of
+        # them, logged later, undoes the folded label as if this process had learned it
+        receipts: dict[str, dict] = dict(scorer.bundle.training.get("folded_receipts") or {})
         applied = int(scorer.bundle.training.get("learnlog_upto", 0))
         for entry in self._log.since(applied):
             self._apply(scorer, receipts, entry)
@@ -249,15 +252,19 @@ class ScorerService(pb_grpc.ScorerServicer):
         entry = self._log.record(digest, label, source, request.who or "unknown", names, request.message)
         self.catch_up(upto=entry.id)
         taught_reputation = None
-        if entry.outcome != NOOP and source in ("release", "report", "trap"):
-            # the stores are shared files: taught once, here, not by every worker's replay
-            taught_reputation = self._reputation.learn(request.message, label, who=entry.who)
+        if source in ("release", "report", "trap"):
+            # the stores are shared files: taught once, here, not by every worker's replay.
+            # The digest stores count a message once (noop: learned before); the reported
+            # check counts reporters, so a later reporter of the same bytes still votes
+            taught_reputation = self._reputation.learn(
+                request.message, label, who=request.who or "unknown", trusted=request.trusted,
+                only=("reported",) if entry.outcome == NOOP else None)
         self._count("Learn", "OK", t0)
         if self.metrics:
             self.metrics.learns.labels(entry.outcome).inc()
         log_event(log, "learn", worker=self.cfg.worker, audit_id=entry.id, digest=digest, label=label,
                   outcome=entry.outcome, previous_label=entry.previous_label, source=source, who=entry.who,
-                  classifiers=names or "all", reputation=taught_reputation)
+                  classifiers=names or "all", reputation=taught_reputation, trusted=request.trusted)
         taught = names or list(self._scorer.bundle.model.names_)
         return pb.LearnReply(outcome=wire.OUTCOMES[entry.outcome], digest=digest, audit_id=entry.id,
                              classifiers=[wire.enum_of(n) for n in taught])

@@ -48,11 +48,12 @@ class FakeScorer:
     def __init__(self, path):
         self.log = LearnLog(str(path))
         self.calls: list[tuple[str, str, str, str]] = []   # (digest, label, source, who)
+        self.trusted: list[bool] = []                       # what each learn said of its reporter
         self.down = False
         self.forbid = False
         self.refuse: Exception | None = None
 
-    def learn(self, message, label, source, who="", classifiers=None, deadline=None):
+    def learn(self, message, label, source, who="", classifiers=None, deadline=None, trusted=False):
         if self.forbid:
             raise AssertionError(f"unexpected learn of {label} by {who}")
         if self.down:
@@ -61,6 +62,7 @@ class FakeScorer:
             raise self.refuse
         digest = message_digest(message)
         self.calls.append((digest, label, source, who))
+        self.trusted.append(trusted)
         e = self.log.record(digest, label, source, who, classifiers or [], message)
         return pb.LearnReply(outcome=wire.OUTCOMES[e.outcome], digest=digest, audit_id=e.id)
 
@@ -280,6 +282,74 @@ def test_resubmitting_a_held_or_rejected_item_adds_nothing(fb, scorer):
     assert len(fb.items()) == 1 and scorer.calls == []
 
 
+def test_a_reporter_is_one_spelling_for_every_guard(tmp_path, scorer, clock):
+    fb = make(tmp_path, scorer, clock, per_reporter_hour=3, trusted=(" Postmaster@Site.test",))
+    assert [report(fb, msg(i), who=w).status for i, w in enumerate(["bob", "Bob", " bob"])] == ["learned"] * 3
+    held = report(fb, msg(3), who="BOB ")
+    assert (held.status, held.reasons) == ("review", ["rate_limit"])
+    assert {i.who for i in fb.items()} == {"bob"} and len(fb.reporter_stats()) == 1
+    # the trusted list matches any spelling, and the scorer is told the reporter is trusted
+    assert fb.trusted("<postmaster@site.test>") and fb.weight("POSTMASTER@site.test") == 1.0
+    assert release(fb, msg(5), who="PostMaster@site.test", score=0.9995).status == "learned"
+    assert scorer.calls[-1][3] == "postmaster@site.test" and scorer.trusted == [False] * 3 + [True]
+    assert [i.who for i in fb.items(who="BOB")][:1] == ["bob"]
+
+
+def test_reporters_stored_before_normalising_are_merged(tmp_path, scorer, clock):
+    fb = make(tmp_path, scorer, clock)
+    report(fb, msg(0), who="bob")
+    fb._db.execute("UPDATE feedback SET who = ' Bob'")        # as an older version stored it
+    fb.close()
+    fb = make(tmp_path, scorer, clock)
+    assert [i.who for i in fb.items()] == ["bob"]
+    fb.close()
+
+
+def test_nobody_but_a_trusted_admin_reviews_their_own_item(tmp_path, scorer, clock):
+    fb = make(tmp_path, scorer, clock, trusted=("postmaster",))
+    held = release(fb, msg(0), who="mallory", score=0.999)
+    with pytest.raises(FeedbackError, match="own"):
+        fb.approve(held.id, " Mallory")
+    with pytest.raises(FeedbackError, match="own"):
+        fb.reject(held.id, "mallory")
+    assert scorer.calls == [] and fb.get(held.id).status == "review"
+    own = release(fb, msg(1), who="postmaster", score=0.995, why="rate limited or not, mine")
+    fb._db.execute("UPDATE feedback SET status = 'review' WHERE id = ?", (own.id,))
+    assert fb.approve(own.id, "postmaster").status == "approved"     # trusted: may
+    assert fb.approve(held.id, "boss").status == "approved"
+    vouched = release(fb, msg(2), who="mallory", score=0.999)
+    assert fb.approve(vouched.id, "Postmaster").status == "approved"
+    # what the scorer is told: the trusted reporter's own, yes; boss's approval, no;
+    # an approval by a trusted admin vouches for the item
+    assert scorer.trusted == [True, True, False, True]
+
+
+def test_a_rejected_report_does_not_come_back_as_a_copy_with_a_header_changed(fb, scorer):
+    held = report(fb, msg(20), who="carol", score=0.001)
+    fb.reject(held.id, "admin")
+    variant = msg(20).replace(b"Subject: figures 20", b"Subject: figures 20 ")
+    assert message_digest(variant) != held.digest
+    again = report(fb, variant, who="carol")
+    assert (again.id, again.status) == (held.id, "rejected")
+    assert scorer.calls == [] and len(fb.items()) == 1
+    # another reporter of the same body is their own opinion
+    assert report(fb, variant, who="dave", score=0.5).status == "learned"
+
+
+def test_a_release_is_held_when_one_classifier_alone_was_sure(fb, scorer):
+    r = release(fb, msg(0), who="user", score=0.6, classifier_scores={"global_tokens": 0.9991, "crm114": 0.2})
+    assert (r.status, r.reasons) == ("review", ["overwhelming_verdict"]) and "global_tokens" in r.detail
+    assert release(fb, msg(1), who="user", score=0.6, classifier_scores={"global_tokens": 0.98}).status == "learned"
+
+
+def test_a_report_whose_verdict_nobody_vouches_for_is_held(tmp_path, scorer, clock):
+    fb = make(tmp_path, scorer, clock, trusted=("postmaster",))
+    r = report(fb, msg(0), who="dave", require_verdict=True)
+    assert (r.status, r.reasons) == ("review", ["no_verdict"]) and scorer.calls == []
+    assert report(fb, msg(1), who="dave", score=0.5, require_verdict=True).status == "learned"
+    assert report(fb, msg(2), who="postmaster", require_verdict=True).status == "learned"
+
+
 # ---------------------------------------------------------------- the scorer down
 
 def test_while_the_scorer_is_down_feedback_is_pending_and_sent_in_order_later(fb, scorer):
@@ -322,6 +392,32 @@ def test_a_learn_the_scorer_refuses_for_good_is_recorded_and_does_not_block_the_
     assert report(fb, msg(1)).reasons == ["message_too_large"]
     scorer.refuse = None
     assert report(fb, msg(2)).status == "learned"
+
+
+@pytest.mark.parametrize("code", ["DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL", "UNKNOWN", "UNAVAILABLE"])
+def test_a_scorer_that_fails_without_refusing_keeps_the_item_pending(fb, scorer, code):
+    class Failed(grpc.RpcError):
+        def code(self):
+            return getattr(grpc.StatusCode, code)
+
+        def details(self):
+            return "Deadline Exceeded"
+
+    scorer.refuse = Failed()
+    r = report(fb, msg(0))
+    assert (r.status, r.reasons) == ("pending", ["scorer_unavailable"]) and code in r.detail
+    scorer.refuse = None
+    [done] = fb.retry_pending()
+    assert (done.id, done.status) == (r.id, "learned")
+
+
+def test_failed_precondition_is_a_refusal_for_good(fb, scorer):
+    class Precondition(Refused):
+        def code(self):
+            return grpc.StatusCode.FAILED_PRECONDITION
+
+    scorer.refuse = Precondition()
+    assert report(fb, msg(0)).status == "recorded"
 
 
 def test_an_item_left_claimed_by_a_dead_process_is_taken_over(fb, scorer, clock):

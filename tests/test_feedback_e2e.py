@@ -34,6 +34,9 @@ NOTICE = ("Hello, a parcel addressed to you is waiting at our depot because the 
           "request, otherwise the item returns to the sender on Friday. Customer service team.")
 
 
+TRUSTED = "postmaster@home.test"
+
+
 def copy_of(raw: bytes, to: str, n: int) -> bytes:
     m = email.message_from_bytes(raw, policy=email.policy.default)
     for name, value in (("To", to), ("Message-ID", f"<copy{n}@bulk.test>"),
@@ -60,7 +63,7 @@ def scorers(service):
 
 @pytest.fixture
 def feedback(tmp_path, scorers):
-    fb = Feedback(tmp_path / "feedback.db", FeedbackConfig(), scorers[0])
+    fb = Feedback(tmp_path / "feedback.db", FeedbackConfig(trusted=(TRUSTED,)), scorers[0])
     yield fb
     fb.close()
 
@@ -79,12 +82,20 @@ def test_a_reported_message_quarantines_its_copies_as_considered_spam(scorers, f
     r = feedback.submit(message=original, label="spam", source="report", who="alice@home.test",
                         why="asks for my bank account", score=before.score, classification=before.classification)
     assert (r.status, r.outcome) == ("learned", "learned") and r.audit_id
+    # one user's report pulls, but does not decide for everyone
+    found = [next(x for x in s.score(copy).reputation if x.check == "reported") for s in scorers]
+    assert [f.decides_alone for f in found] == [False, False]
+    # a second user reports the very same bytes (one queue entry to two recipients): a
+    # learn-log noop, and still a second reporter
+    second = feedback.submit(message=original, label="spam", source="report", who="Bob@home.test",
+                             score=before.score, classification=before.classification)
+    assert (second.status, second.outcome) == ("noop", "noop")
 
     after = [s.score(copy) for s in scorers]
     assert [(v.verdict, v.classification) for v in after] == [("quarantine", "considered_spam")] * 2
     assert after[0].reply() == "550 5.7.1 Message considered spam"
     found = next(x for x in after[1].reputation if x.check == "reported")
-    assert found.evidence[0].startswith("reported as spam by 1 reporter, last ")
+    assert found.evidence[0].startswith("reported as spam by 2 reporters, last ")
     assert "alice" not in after[0].reply() + " ".join(found.evidence)
     # the learn log has it, with the reporter
     with sqlite3.connect(f"file:{service.learnlog}?mode=ro", uri=True) as db:
@@ -106,7 +117,7 @@ def test_a_released_message_lets_its_copies_through(scorers, feedback):
     original, before = generated_spam(scorers, 0.0, below=FeedbackConfig().review_release_above)
     copy = copy_of(original, "bob@home.test", 2)
     assert [v[0] for v in verdicts(scorers, copy)] == ["quarantine"] * 2
-    r = feedback.submit(message=original, label="ham", source="release", who="helpdesk@home.test",
+    r = feedback.submit(message=original, label="ham", source="release", who=TRUSTED,
                         why="the customer expects it", score=before.score, classification=before.classification)
     assert (r.status, r.outcome) == ("learned", "learned")
     assert verdicts(scorers, copy) == [("accept", "not_spam")] * 2
@@ -119,7 +130,7 @@ def test_releasing_what_the_model_was_sure_of_waits_for_an_admin(scorers, feedba
                         score=before.score, classification=before.classification)
     assert (r.status, r.reasons) == ("review", ["overwhelming_verdict"])
     assert [v[0] for v in verdicts(scorers, copy)] == ["quarantine"] * 2      # nothing learned meanwhile
-    done = feedback.approve(r.id, "postmaster@home.test")
+    done = feedback.approve(r.id, TRUSTED)      # a trusted admin's approval vouches for it
     assert (done.status, done.outcome) == ("approved", "learned")
     assert verdicts(scorers, copy) == [("accept", "not_spam")] * 2
 
@@ -129,13 +140,13 @@ def test_feedback_given_while_the_scorer_is_down_is_learned_once_it_is_back(tmp_
     copy = copy_of(original, "dave@home.test", 3)
     assert verdicts(scorers, copy) == [("accept", "not_spam")] * 2
     with RemoteScorer([dead_address()], deadline=2.0) as down:
-        fb = Feedback(tmp_path / "feedback.db", FeedbackConfig(), down)
-        r = fb.submit(message=original, label="spam", source="report", who="carol@home.test")
+        fb = Feedback(tmp_path / "feedback.db", FeedbackConfig(trusted=(TRUSTED,)), down)
+        r = fb.submit(message=original, label="spam", source="report", who=TRUSTED)
         assert (r.status, r.reasons) == ("pending", ["scorer_unavailable"])
         fb.close()
     assert verdicts(scorers, copy) == [("accept", "not_spam")] * 2
-    fb = Feedback(tmp_path / "feedback.db", FeedbackConfig(), scorers[1])
-    [sent] = fb.retry_pending()
+    fb = Feedback(tmp_path / "feedback.db", FeedbackConfig(trusted=(TRUSTED,)), scorers[1])
+    [sent] = fb.retry_pending()        # the trust is sent with the retried learn
     assert (sent.id, sent.status) == (r.id, "learned")
     assert verdicts(scorers, copy) == [("quarantine", "considered_spam")] * 2
     fb.close()

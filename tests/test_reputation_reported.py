@@ -80,20 +80,73 @@ def store(tmp_path):
     s.close()
 
 
-def test_the_latest_vote_decides_and_the_count_is_who_holds_it(store):
+def standing(store, digest="pyzor:x"):
+    s = store.standing(digest)
+    return None if s is None else (s.label, s.reporters, s.trusted, s.against)
+
+
+def test_untrusted_reporters_count_and_the_majority_holds(store):
     assert store.standing("pyzor:x") is None
     store.vote("pyzor:x", "spam", "alice")
     store.vote("pyzor:x", "spam", "bob")
-    s = store.standing("pyzor:x")
-    assert (s.label, s.reporters) == ("spam", 2)
-    store.vote("pyzor:x", "ham", "admin")          # released: the same tick of the clock still orders
-    assert (store.standing("pyzor:x").label, store.standing("pyzor:x").reporters) == ("ham", 1)
-    store.vote("pyzor:x", "spam", "carol")
-    assert (store.standing("pyzor:x").label, store.standing("pyzor:x").reporters) == ("spam", 3)
-    store.vote("pyzor:x", "ham", "alice")           # alice changed her mind: one vote each
-    assert (store.standing("pyzor:x").label, store.standing("pyzor:x").reporters) == ("ham", 2)
+    assert standing(store) == ("spam", 2, False, 0)
+    store.vote("pyzor:x", "ham", "carol")             # the newest vote does not simply win
+    assert standing(store) == ("spam", 2, False, 1)
+    store.vote("pyzor:x", "ham", "alice")             # alice changed her mind
+    assert standing(store) == ("ham", 2, False, 1)
+    store.vote("pyzor:x", "spam", "dave")             # two each: no verdict
+    assert store.standing("pyzor:x") is None
     with pytest.raises(ValueError):
         store.vote("pyzor:x", "maybe", "alice")
+
+
+def test_the_latest_trusted_vote_decides_over_any_number_of_untrusted(store):
+    for who in ("u1", "u2", "u3"):
+        store.vote("pyzor:x", "spam", who)
+    store.vote("pyzor:x", "ham", "admin", trusted=True)       # an admin's release
+    assert standing(store) == ("ham", 1, True, 3)
+    store.vote("pyzor:x", "spam", "u4")                       # one ordinary report does not undo it
+    assert standing(store)[:3] == ("ham", 1, True)
+    store.vote("pyzor:x", "spam", "root", trusted=True)       # another admin's report does
+    assert standing(store) == ("spam", 5, True, 1)
+
+
+def test_a_reporter_is_one_spelling(store):
+    for who in ("bob", "Bob", " bob", "BOB ", "<bob>"):
+        store.vote("pyzor:x", "spam", who)
+    assert standing(store) == ("spam", 1, False, 0)
+
+
+def test_one_report_does_not_decide_and_one_release_does_not_overrule(store):
+    raw = simple_message(TEXT)
+    d = body_digest(raw)
+    store.vote(d, "spam", "alice")
+    s = reported(raw, store)                                   # default min_reporters = 2
+    assert (s.classification, s.decides, s.strength) == ("considered_spam", False, 1.0)
+    store.vote(d, "spam", "bob")
+    assert reported(raw, store).decides
+    other = simple_message(TEXT + " And one more sentence about the library.")
+    store.vote(body_digest(other), "ham", "carol")
+    h = reported(other, store)
+    assert (h.classification, h.strength, h.decides) == ("not_spam", -0.5, False)
+    store.vote(body_digest(other), "ham", "admin", trusted=True)
+    h = reported(other, store)
+    assert (h.classification, h.strength, h.decides) == ("not_spam", pytest.approx(-1.6931, abs=1e-4), True)
+
+
+def test_a_store_from_before_trusted_votes_is_read(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE votes (digest TEXT NOT NULL, who TEXT NOT NULL, label TEXT NOT NULL,"
+                     " at REAL NOT NULL, UNIQUE (digest, who));")
+    db.execute("INSERT INTO votes VALUES ('pyzor:x', 'alice', 'spam', ?)", (Clock()(),))
+    db.commit()
+    db.close()
+    s = ReportedStore(path, clock=Clock())
+    assert standing(s) == ("spam", 1, False, 0)
+    s.close()
 
 
 def test_votes_expire(store):
@@ -116,10 +169,10 @@ def test_the_finding_names_how_many_and_when_but_nobody(store):
     assert s.strength == pytest.approx(1.69314718)
     assert not s.reply_args
     assert reported(raw, store, min_reporters=3).decides is False
-    store.vote(body_digest(raw), "ham", "admin@site.test")
+    store.vote(body_digest(raw), "ham", "admin@site.test", trusted=True)
     h = reported(raw, store)
     assert (h.classification, h.strength, h.decides, h.evidence) == (
-        "not_spam", -1.0, True, ("released as not spam by 1 reporter, last 2026-01-01",))
+        "not_spam", -1.0, True, ("released as not spam by 1 reporter, last 2026-01-01, an admin's decision",))
 
 
 # ---------------------------------------------------------------- in the suite
@@ -173,12 +226,16 @@ def test_a_reported_body_quarantines_its_copies_as_considered_spam(tmp_path, sco
     rep = Reputation(load_config(None), tmp_path)
     raw = simple_message(TEXT, to="alice@home.test")
     assert score(scorer, rep, raw).verdict == "accept"
-    rep.learn(raw, "spam", who="alice@home.test")
+    rep.learn(raw, "spam", who="alice@home.test")          # one user's report: a pull, not a ruling
+    v = score(scorer, rep, copy_of(raw, "bob@home.test"))
+    r = next(x for x in v.reputation if x.check == "reported")
+    assert not r.decides_alone and v.classification != "considered_spam"
+    rep.learn(raw, "spam", who="carol@home.test")          # a second reporter: it decides
     v = score(scorer, rep, copy_of(raw, "bob@home.test"))
     assert (v.verdict, v.classification) == ("quarantine", "considered_spam")
     assert v.reply() == get("considered_spam").reply() == "550 5.7.1 Message considered spam"
     r = next(x for x in v.reputation if x.check == "reported")
-    assert r.decides_alone and r.evidence[0].startswith("reported as spam by 1 reporter, last ")
+    assert r.decides_alone and r.evidence[0].startswith("reported as spam by 2 reporters, last ")
     assert r.weight == 5.0 and "alice" not in " ".join(r.evidence)
 
 
@@ -186,12 +243,18 @@ def test_a_released_body_passes_whatever_the_token_classifiers_say(tmp_path, sco
     rep = Reputation(load_config(None), tmp_path)
     raw, before = spam_the_model_is_sure_of(scorer, rep)
     assert any(c.decides_alone for c in before.classifiers)
-    rep.learn(raw, "ham", who="admin@home.test")
+    rep.learn(raw, "ham", who="user@home.test")            # one user's release overrules nothing
+    v = score(scorer, rep, copy_of(raw, "bob@home.test"))
+    assert v.verdict == "quarantine" and v.classification != "not_spam"
+    r = next(x for x in v.reputation if x.check == "reported")
+    assert (r.classification, r.strength, r.decides_alone) == ("not_spam", -0.5, False)
+    rep.learn(raw, "ham", who="admin@home.test", trusted=True)
     v = score(scorer, rep, copy_of(raw, "bob@home.test"))
     assert (v.verdict, v.classification) == ("accept", "not_spam")
     r = next(x for x in v.reputation if x.check == "reported")
-    assert (r.classification, r.strength, r.decides_alone) == ("not_spam", -1.0, True)
-    assert r.contribution == pytest.approx(-5.0)
+    assert (r.classification, r.decides_alone) == ("not_spam", True)
+    assert r.strength == pytest.approx(-1.6931472)              # the admin and the user hold ham
+    assert r.contribution == pytest.approx(5.0 * r.strength)
     assert v.score < before.score
 
 
@@ -201,7 +264,7 @@ def test_a_release_does_not_overrule_another_check_that_decides_spam(tmp_path, s
     (tmp_path / "r.toml").write_text('[external_pattern]\nfiles = ["patterns.toml"]\n')
     rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
     raw = simple_message(TEXT)
-    rep.learn(raw, "ham", who="admin@home.test")
+    rep.learn(raw, "ham", who="admin@home.test", trusted=True)
     v = score(scorer, rep, copy_of(raw, "bob@home.test"))
     assert (v.verdict, v.classification) == ("quarantine", "external_pattern")
 
@@ -227,7 +290,7 @@ def test_a_bundle_older_than_the_check_gets_its_prior_and_rank_from_the_recipe(t
     # and so a reported copy is named for the report, not for the near-duplicate index
     rep = Reputation(load_config(None), tmp_path / "state")
     raw = simple_message(TEXT)
-    rep.learn(raw, "spam", who="alice")
+    rep.learn(raw, "spam", who="alice", trusted=True)
     v = score(Scorer(b), rep, copy_of(raw, "bob@home.test"))
     assert v.classification == "considered_spam"
     assert {"content_spam", "considered_spam"} <= {r.classification for r in v.reputation if r.decides_alone}

@@ -1001,3 +1001,37 @@ def test_report_and_release_change_the_verdict_on_a_near_copy(server):
         message=near, label=pb.LABEL_HAM, source=pb.LEARN_SOURCE_RELEASE, who="admin"), timeout=10)
     r = server.stub(server.addresses[0]).Score(pb.ScoreRequest(message=near), timeout=10)
     assert not any(f.check == "neardup" and f.decided_alone for f in r.reputation)
+
+
+def test_every_reporter_of_the_same_bytes_votes_and_trust_travels_with_the_learn(server):
+    """The reported check counts reporters: the second report of the very same bytes is a
+    learn-log noop, yet its vote counts (two untrusted reporters decide, one does not);
+    an admin's release (trusted) then overrules any number of ordinary reports."""
+    text = ("Parish newsletter: the bell ringers practise on Wednesday evenings, the jumble sale "
+            "raised enough for new hymn books, and the car park will be resurfaced in March so "
+            "please park on the green until the work is done. Tea and cake after the service.")
+    raw = mailgen.simple_message(text, subject="Parish newsletter", to="list@home.test")
+    copy = mailgen.simple_message(text, subject="Parish newsletter", to="other@home.test")
+
+    def reported_finding(addr):
+        r = server.stub(addr).Score(pb.ScoreRequest(message=copy), timeout=10)
+        return r, next((f for f in r.reputation if f.check == "reported"), None)
+
+    def learn(label, source, who, trusted=False):
+        return server.stub(server.addresses[0]).Learn(pb.LearnRequest(
+            message=raw, label=label, source=source, who=who, trusted=trusted), timeout=10)
+
+    assert learn(pb.LABEL_SPAM, pb.LEARN_SOURCE_REPORT, "u1").outcome == pb.LEARN_OUTCOME_LEARNED
+    _, f = reported_finding(server.addresses[1])
+    assert f is not None and not f.decided_alone                  # one user: a pull, not a ruling
+    assert learn(pb.LABEL_SPAM, pb.LEARN_SOURCE_REPORT, "u2").outcome == pb.LEARN_OUTCOME_NOOP
+    r, f = reported_finding(server.addresses[1])
+    assert f.decided_alone and r.verdict == pb.VERDICT_QUARANTINE
+    assert classification_of(r.classification).id == "considered_spam"
+    assert learn(pb.LABEL_SPAM, pb.LEARN_SOURCE_REPORT, "U2 ").outcome == pb.LEARN_OUTCOME_NOOP
+    assert "2 reporters" in reported_finding(server.addresses[0])[1].evidence[0]   # one spelling
+    learn(pb.LABEL_HAM, pb.LEARN_SOURCE_RELEASE, "postmaster", trusted=True)
+    learn(pb.LABEL_SPAM, pb.LEARN_SOURCE_REPORT, "u3")
+    _, f = reported_finding(server.addresses[1])
+    assert f.classification == classifications.get("not_spam").number and f.decided_alone
+    assert f.evidence[0].endswith("an admin's decision")

@@ -34,8 +34,10 @@ The guards (``[feedback]``, smtpgate.config.FeedbackConfig)
 - ``overwhelming_verdict``: releasing a message the gate scored at or above
   ``review_release_above`` (0.99), or reporting one it scored at or below
   ``review_report_below`` (0.01), contradicts a verdict the model was nearly sure of:
-  an admin looks before it is learned. The score is the caller's (the quarantine
-  record or the decision log has it); without one this guard cannot apply.
+  an admin looks before it is learned. A release is also held when any classifier
+  on its own (the quarantine record's ``scores``) was that sure. The score is the
+  caller's (the quarantine record or the queue entry has it, never the user's copy);
+  a report whose verdict the caller cannot vouch for is held (``no_verdict``).
 - ``low_agreement``: a reporter's weight is how often they agree with the rest,
   Laplace-smoothed: (agreements + 1) / (samples + 2). A sample is a message (body
   digest) that someone else also labelled, counting the share of those others who
@@ -43,8 +45,21 @@ The guards (``[feedback]``, smtpgate.config.FeedbackConfig)
   an admin's review decision on one of the reporter's held items (approved 1,
   rejected 0). With at least ``agreement_min_samples`` samples and a weight below
   ``min_agreement``, their feedback is held for review. 0.5 before any sample.
-- ``trusted`` reporters (the postmaster, the admins) skip the last two guards, and
-  their weight is 1.
+- ``trusted`` reporters (the postmaster, the admins) skip the last three guards, and
+  their weight is 1. Their learns, and the items a trusted admin approved, carry
+  ``trusted`` to the scorer, whose ``reported`` check lets a trusted vote decide over
+  any number of untrusted ones.
+
+Reporters are one spelling each (``normalise_who``: blanks and angle brackets
+stripped, case folded) for the rate limit, the trusted list, agreement, review and
+the scorer's votes: ``Bob``, `` bob`` and ``BOB`` are one reporter. A reporter's
+item that is held, pending or rejected is not submitted again under another digest
+with the same body (a copy with a header changed). Nobody but a trusted reporter
+approves or rejects their own item.
+
+A scorer that refuses the request itself (INVALID_ARGUMENT, FAILED_PRECONDITION, a
+message too large) makes the item ``recorded``; any other failure (a timeout, a
+worker restarting) leaves it ``pending``, since sending again is safe.
 
 The weight also travels with each item to the retraining job (``labelled``), so that
 a reporter the others disagree with counts for less even where nothing was held.
@@ -75,6 +90,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.logs import log_event
+from classifier.reputation.reported import normalise_who
 
 log = logging.getLogger("mailsift.feedback")
 
@@ -87,6 +103,9 @@ TAUGHT = (LEARNED, NOOP, RELEARNED, APPROVED)
 # that passed the guards or that an admin upheld
 _OPINIONS = (LEARNED, NOOP, RELEARNED, APPROVED, RECORDED, PENDING)
 SOURCES = ("release", "report")     # a release is usually ham and a report spam; the label says
+# what the scorer answers to a request that is wrong in itself; anything else (a
+# timeout, a worker restarting) is worth sending again
+_REFUSED = ("INVALID_ARGUMENT", "FAILED_PRECONDITION")
 # a claim on a pending item (being sent) older than this was left by a process that
 # died while sending; another may take it over
 _STALE_CLAIM = 300.0
@@ -221,8 +240,16 @@ class Feedback:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")   # feedback is training data: kept once acknowledged
         self._db.executescript(_SCHEMA)
+        self._normalise_reporters()
         self._mutex = threading.RLock()
         self._owns_scorer = False       # open_feedback made it: close() closes it
+
+    def _normalise_reporters(self) -> None:
+        """Items stored before reporters were normalised get the one spelling."""
+        for col in ("who", "reviewed_by"):
+            for (w,) in self._db.execute(f"SELECT DISTINCT {col} FROM feedback WHERE {col} IS NOT NULL").fetchall():
+                if normalise_who(w) != w:
+                    self._db.execute(f"UPDATE feedback SET {col} = ? WHERE {col} = ?", (normalise_who(w), w))
 
     def close(self) -> None:
         with self._mutex:
@@ -239,8 +266,16 @@ class Feedback:
     # ------------------------------------------------------------------ submit
     def submit(self, *, message: bytes, label: str, source: str, who: str, why: str = "",
                score: float | None = None, classification: str | None = None, queue_id: str | None = None,
-               classifiers: list[str] | None = None) -> FeedbackResult:
-        """Store one piece of feedback and, unless a guard holds it, teach it to the scorer."""
+               classifiers: list[str] | None = None, classifier_scores: dict[str, float] | None = None,
+               require_verdict: bool = False) -> FeedbackResult:
+        """Store one piece of feedback and, unless a guard holds it, teach it to the scorer.
+
+        ``classifier_scores`` are the classifiers' own probabilities when the gate decided
+        (the quarantine record's ``scores``): a release contradicting any of them at
+        ``review_release_above`` is held like one contradicting the combined score.
+        ``require_verdict``: the caller could not vouch for a score (a report from a copy
+        the queue no longer has); without one, an untrusted reporter's item is held
+        (``no_verdict``) rather than let the overwhelming-verdict guard lapse."""
         from classifier.features import message_digest
         from classifier.reputation.reported import body_digest
 
@@ -250,7 +285,7 @@ class Feedback:
             raise FeedbackError(f"source must be release or report, not {source!r}")
         if not message:
             raise FeedbackError("the message is empty")
-        who = who or "unknown"
+        who = normalise_who(who)
         digest = message_digest(message)
         body = body_digest(message)
         blob = zlib.compress(message, 6)
@@ -258,14 +293,15 @@ class Feedback:
             db = self._db
             db.execute("BEGIN IMMEDIATE")   # the counts and the insert are one decision
             try:
-                same = self._held_duplicate(who, digest, label)
+                same = self._held_duplicate(who, digest, body, label)
                 if same is not None:
                     db.execute("COMMIT")
                     if same.status == PENDING:
                         self.retry_pending()
                     return self._settled(same.id)
                 now = self.clock()
-                status, reasons, detail = self._judge(who, label, score, now)
+                status, reasons, detail = self._judge(who, label, score, now, classifier_scores or {},
+                                                      require_verdict)
                 cur = db.execute(
                     "INSERT INTO feedback (at, who, why, source, label, digest, body_digest, score, classification,"
                     " queue_id, classifiers, status, reasons, detail, queued, message)"
@@ -284,17 +320,23 @@ class Feedback:
             self.retry_pending()
         return self._settled(fid)
 
-    def _held_duplicate(self, who: str, digest: str, label: str) -> FeedbackItem | None:
-        """The reporter's latest item on this message, if it says the same and is still
-        held, pending or rejected: sending it again changes nothing (the review queue
-        gets no copies; a rejected item is not resubmitted past the admin)."""
-        row = self._db.execute("SELECT id, label, status FROM feedback WHERE who = ? AND digest = ?"
-                               " ORDER BY id DESC LIMIT 1", (who, digest)).fetchone()
+    def _held_duplicate(self, who: str, digest: str, body: str | None, label: str) -> FeedbackItem | None:
+        """The reporter's latest item on this message or its body, if it says the same and
+        is still held, pending or rejected: sending it again changes nothing (the review
+        queue gets no copies; a rejected item is not resubmitted past the admin, not even
+        as a copy with a header changed, which has another digest but the same body)."""
+        row = self._db.execute("SELECT id, label, status FROM feedback WHERE who = ? AND (digest = ? OR"
+                               " body_digest = ?) ORDER BY id DESC LIMIT 1", (who, digest, body)).fetchone()
         if row and row[1] == label and row[2] in (REVIEW, PENDING, REJECTED):
             return self._row(row[0])
         return None
 
-    def _judge(self, who: str, label: str, score: float | None, now: float) -> tuple[str, list[str], str]:
+    def trusted(self, who: str) -> bool:
+        """``who`` (any spelling) is on ``[feedback] trusted``."""
+        return normalise_who(who) in {normalise_who(t) for t in self.cfg.trusted}
+
+    def _judge(self, who: str, label: str, score: float | None, now: float, scores: dict[str, float],
+               require_verdict: bool) -> tuple[str, list[str], str]:
         """(status, reasons, detail) of a new item, from the guards."""
         cfg = self.cfg
         if not cfg.learn:
@@ -309,10 +351,19 @@ class Feedback:
                     reasons.append("rate_limit")
                     details.append(f"{who} sent {n} in the last {name} (limit {limit})")
                     break
-        if who not in cfg.trusted:
-            if score is not None and label == "ham" and score >= cfg.review_release_above:
+        if not self.trusted(who):
+            sure = {n: p for n, p in scores.items() if p is not None and p >= cfg.review_release_above}
+            if score is None and require_verdict:
+                reasons.append("no_verdict")
+                details.append("the gate's verdict on it is unknown (not found in the queue)")
+            elif score is not None and label == "ham" and score >= cfg.review_release_above:
                 reasons.append("overwhelming_verdict")
                 details.append(f"release of a message scored {score:.4f} >= {cfg.review_release_above}")
+            elif label == "ham" and sure:
+                # one classifier sure of it decided alone, whatever the combined score
+                reasons.append("overwhelming_verdict")
+                details.append("release of a message " + ", ".join(f"{n} scored {p:.4f}" for n, p in sorted(
+                    sure.items())) + f" >= {cfg.review_release_above}")
             elif score is not None and label == "spam" and score <= cfg.review_report_below:
                 reasons.append("overwhelming_verdict")
                 details.append(f"report of a message scored {score:.4f} <= {cfg.review_report_below}")
@@ -355,10 +406,10 @@ class Feedback:
 
     def weight(self, who: str) -> float:
         """The reporter's weight: 1.0 if trusted, else their smoothed agreement."""
-        if who in self.cfg.trusted:
+        if self.trusted(who):
             return 1.0
         with self._mutex:
-            return self._agreement(who).weight()
+            return self._agreement(normalise_who(who)).weight()
 
     # ------------------------------------------------------------------ sending
     def retry_pending(self) -> list[FeedbackResult]:
@@ -395,24 +446,33 @@ class Feedback:
                 (now, fid, PENDING, now - _STALE_CLAIM)).rowcount
             if not claimed:
                 return None
-            row = self._db.execute("SELECT message, label, source, who, classifiers, review FROM feedback"
-                                   " WHERE id = ?", (fid,)).fetchone()
-        message, label, source, who, classifiers, review = zlib.decompress(row[0]), *row[1:]
+            row = self._db.execute("SELECT message, label, source, who, classifiers, review, reviewed_by"
+                                   " FROM feedback WHERE id = ?", (fid,)).fetchone()
+        message, label, source, who, classifiers, review, reviewed_by = zlib.decompress(row[0]), *row[1:]
+        # the store vouches for a trusted reporter, and for an item a trusted admin approved
+        trusted = self.trusted(who) or (review == APPROVED and self.trusted(reviewed_by or ""))
         update: dict = {"claimed": None}
         if self.scorer is None:
             update.update(reasons=["scorer_unavailable"],
                           detail="no scorer configured: kept as pending; retry_pending() sends it")
         else:
             try:
-                reply = self.scorer.learn(message, label, source, who, json.loads(classifiers) or None)
+                reply = self.scorer.learn(message, label, source, who, json.loads(classifiers) or None,
+                                          trusted=trusted)
             except ScorerUnavailable as exc:
                 update.update(reasons=["scorer_unavailable"],
                               detail=f"scorer unavailable ({exc}): kept as pending; retry_pending() sends it")
             except MessageTooLarge as exc:
                 update.update(status=RECORDED, reasons=["message_too_large"], detail=str(exc))
-            except grpc.RpcError as exc:   # not worth retrying (INVALID_ARGUMENT, ...): refused for good
-                update.update(status=RECORDED, reasons=["scorer_refused"],
-                              detail=f"the scorer refused it ({exc.code().name}: {exc.details()})")
+            except grpc.RpcError as exc:
+                code = getattr(exc.code(), "name", "UNKNOWN")
+                if code in _REFUSED:   # the request itself is wrong: resending cannot help
+                    update.update(status=RECORDED, reasons=["scorer_refused"],
+                                  detail=f"the scorer refused it ({code}: {exc.details()})")
+                else:   # a timeout, a crash mid-call: resending is safe (the learn log is idempotent)
+                    update.update(reasons=["scorer_unavailable"],
+                                  detail=f"the scorer failed ({code}: {exc.details()}): kept as"
+                                         " pending; retry_pending() sends it")
             else:
                 from classifier import wire
 
@@ -450,7 +510,8 @@ class Feedback:
         return [_item(r) for r in rows]
 
     def approve(self, fid: int, who: str) -> FeedbackResult:
-        """An admin upholds a held item: it is learned now (or pending if the scorer is down)."""
+        """An admin upholds a held item: it is learned now (or pending if the scorer is down).
+        Nobody but a trusted reporter reviews their own item."""
         self._decide(fid, who, APPROVED)
         self.retry_pending()        # in its turn, behind anything pending before it
         return self._settled(fid)
@@ -462,11 +523,15 @@ class Feedback:
 
     def _decide(self, fid: int, who: str, review: str) -> None:
         now = self.clock()
+        who = normalise_who(who)
         with self._mutex:
+            row = self._db.execute("SELECT who FROM feedback WHERE id = ?", (fid,)).fetchone()
+            if row is not None and row[0] == who and not self.trusted(who):
+                raise FeedbackError(f"feedback {fid} is {who}'s own: another admin (or a trusted one) reviews it")
             status = PENDING if review == APPROVED else REJECTED
             n = self._db.execute(
                 "UPDATE feedback SET status = ?, review = ?, reviewed_by = ?, reviewed_at = ?, queued = ?"
-                " WHERE id = ? AND status = ?", (status, review, who or "unknown", now,
+                " WHERE id = ? AND status = ?", (status, review, who, now,
                                                  now if status == PENDING else None, fid, REVIEW)).rowcount
             if n:
                 return
@@ -485,7 +550,8 @@ class Feedback:
               limit: int = 100) -> list[FeedbackItem]:
         """The newest items (without message bytes), optionally of one reporter, status or message."""
         where, args = [], []
-        for col, v in (("who", who), ("status", status), ("digest", digest)):
+        for col, v in (("who", None if who is None else normalise_who(who)), ("status", status),
+                       ("digest", digest)):
             if v is not None:
                 where.append(f"{col} = ?")
                 args.append(v)
@@ -506,7 +572,7 @@ class Feedback:
             out = []
             for who in sorted(counts):
                 a = self._agreement(who)
-                trusted = who in self.cfg.trusted
+                trusted = self.trusted(who)
                 out.append(ReporterStats(who=who, submitted=sum(counts[who].values()), by_status=counts[who],
                                          samples=a.samples, agreement=a.agree,
                                          weight=1.0 if trusted else a.weight(), trusted=trusted,

@@ -188,18 +188,20 @@ class ReputationFinding(_message.Message):
     def __init__(self, check: _Optional[str] = ..., classification: _Optional[_Union[_classification_pb2.Classification, str]] = ..., strength: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ..., decided_alone: _Optional[bool] = ..., evidence: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LearnRequest(_message.Message):
-    __slots__ = ("message", "label", "source", "who", "classifiers")
+    __slots__ = ("message", "label", "source", "who", "classifiers", "trusted")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     WHO_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIERS_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
     message: bytes
     label: Label
     source: LearnSource
     who: str
     classifiers: _containers.RepeatedScalarFieldContainer[_classification_pb2.Classification]
-    def __init__(self, message: _Optional[bytes] = ..., label: _Optional[_Union[Label, str]] = ..., source: _Optional[_Union[LearnSource, str]] = ..., who: _Optional[str] = ..., classifiers: _Optional[_Iterable[_Union[_classification_pb2.Classification, str]]] = ...) -> None: ...
+    trusted: bool
+    def __init__(self, message: _Optional[bytes] = ..., label: _Optional[_Union[Label, str]] = ..., source: _Optional[_Union[LearnSource, str]] = ..., who: _Optional[str] = ..., classifiers: _Optional[_Iterable[_Union[_classification_pb2.Classification, str]]] = ..., trusted: _Optional[bool] = ...) -> None: ...
 
 class LearnReply(_message.Message):
     __slots__ = ("outcome", "digest", "audit_id", "classifiers")

@@ -4,24 +4,36 @@ A report as spam (``mailsift feedback``, the quarantine's "report as spam", a sp
 teaches the token classifiers, but a token model moves slowly: the next copy of the
 same campaign, to another recipient, may still pass. This check remembers the verdict
 itself. Every Learn of source ``report`` or ``trap`` records a spam vote, every
-``release`` a ham vote, keyed by the message's body digest and the reporter; a message
-with the same body digest then gets the installation's current verdict on that body:
+``release`` a ham vote, keyed by the message's body digest and the reporter (one
+spelling: ``normalise_who``), with whether the feedback store vouched for the reporter
+(``LearnRequest.trusted``: on ``[feedback] trusted``, an admin). Every such Learn
+votes, also one the learn log answers ``noop`` (the same bytes learned before by
+someone else): a vote is per reporter, and voting again only renews it.
 
-- reported as spam, and not released since: a ``considered_spam`` finding that decides
-  alone ("reported as spam by 2 reporters, last 2026-01-03"; the contract's reply is
-  "550 5.7.1 Message considered spam", which names nobody);
-- released since: a ``not_spam`` finding of negative strength that also decides. The
-  scorer lets a deciding ham finding overrule its statistical classifiers (their solo
-  decisions and the combined threshold): an admin who released this very body has
-  overruled exactly what those classifiers said about its words. A spam decision of
-  another reputation check (a Safe Browsing hit, a signature) still stands.
+What counts: each reporter's latest vote on a body digest (label, when, trusted).
 
-What counts: each reporter's latest vote on a body digest. The body's verdict is the
-label of the most recent vote, and the count is how many reporters currently hold
-it: A reports, B releases -> ham (1 reporter); then C reports -> spam (2 reporters, A
-and C). The feedback store (training/feedback.py) decided beforehand whether a vote
-may be learned at all (rate limits, reporter agreement, review of learns that
-contradict an overwhelming verdict); this store trusts what reaches it.
+- When any trusted vote exists, the latest trusted vote decides. Spam: a
+  ``considered_spam`` finding that decides alone ("reported as spam by 2 reporters,
+  last 2026-01-03, an admin's decision"; the contract's reply is "550 5.7.1 Message
+  considered spam", which names nobody). Ham: a ``not_spam`` finding of negative
+  strength that also decides: the scorer lets a deciding ham finding overrule its
+  statistical classifiers (their solo decisions and the combined threshold, rule 5),
+  because an admin who released this very body has overruled exactly what those
+  classifiers said about its words. A spam decision of another reputation check (a
+  Safe Browsing hit, a signature) still stands. No number of ordinary reports undoes
+  an admin's release, and an admin's report outweighs ordinary releases.
+- Otherwise only untrusted reporters voted, and the label more of them hold is the
+  verdict (none on a tie). Spam decides alone only when at least ``min_reporters``
+  (2) distinct reporters hold it and they outnumber those holding ham: one user's
+  report must not quarantine every later copy of a newsletter or a bank notice for
+  the store's 30 days; fewer reporters pull the combined score without deciding. Ham
+  from untrusted reporters is a ``not_spam`` finding of modest negative strength
+  (0.5, at most 1) that never decides: one user's release must not whitelist a
+  campaign the classifiers are sure of.
+
+The feedback store (training/feedback.py) decided beforehand whether a vote may be
+learned at all (rate limits, reporter agreement, review of learns that contradict an
+overwhelming verdict); this store weighs what reaches it as above.
 
 The digest (``body_digest``) is Pyzor's (``classifier/reputation/pyzor.py``): it skips
 the headers, so copies to other recipients, with their own Message-ID, Date and To,
@@ -32,8 +44,8 @@ body bytes after the header block, which still matches the same message sent to 
 recipients. Near-duplicates that differ in a few words are the ``neardup`` check's
 business; it is taught by the same Learn.
 
-Strength: ``1 + ln(reporters)``, positive for spam and negative for ham, so that the
-combined score's weight (``combined.fact_weights.reported``, a prior) pulls by one
+Strength: ``1 + ln(reporters)``, positive for spam and negative for ham (halved, at
+most 1, for untrusted ham), so that the combined score's weight (``combined.fact_weights.reported``, a prior) pulls by one
 weight for one reporter and a little more for each further one. Entries expire
 ``max_age_days`` (30, as the Pyzor and near-duplicate stores) after their last vote.
 """
@@ -52,13 +64,23 @@ from dataclasses import dataclass
 from .base import Signal
 from .pyzor import pyzor_digest
 
-__all__ = ["CLASSIFICATION", "ReportedStore", "Standing", "body_digest", "reported"]
+__all__ = ["CLASSIFICATION", "ReportedStore", "Standing", "body_digest", "normalise_who", "reported"]
 
 CLASSIFICATION = "considered_spam"
 HAM_CLASSIFICATION = "not_spam"
 # Pyzor parses the whole message; beyond the feature parser's own cap (Limits.max_bytes)
 # the body's bytes are hashed instead, which costs microseconds per megabyte.
 MAX_PARSE_BYTES = 2 * 1024 * 1024
+
+
+def normalise_who(who: str | None) -> str:
+    """One reporter, however it is spelt: surrounding blanks and angle brackets go and
+    the case folds (``" Bob"``, ``BOB`` and ``<bob>`` are ``bob``; an address's domain
+    and local part alike, as smtpgate.config.normalise_address compares them). The
+    feedback store (rate limits, trusted, agreement, review) and this store's votes key
+    on it, so a respelling is never a second reporter."""
+    w = (who or "").strip().strip("<>").strip().casefold()
+    return w or "unknown"
 
 
 def _body_bytes(raw: bytes) -> bytes | None:
@@ -89,9 +111,11 @@ def body_digest(raw: bytes, pyzor: str | None = None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Standing:
     """The installation's current verdict on one body digest."""
-    label: str          # spam | ham: the label of the most recent vote
+    label: str          # spam | ham: the verdict
     reporters: int      # how many reporters' latest vote is that label
     last: float         # when the most recent vote was cast (epoch seconds)
+    trusted: bool = False   # a trusted reporter's vote decided it
+    against: int = 0        # how many reporters' latest vote is the other label
 
 
 class ReportedStore:
@@ -104,6 +128,7 @@ class ReportedStore:
             who    TEXT NOT NULL,
             label  TEXT NOT NULL CHECK (label IN ('spam', 'ham')),
             at     REAL NOT NULL,
+            trusted INTEGER NOT NULL DEFAULT 0,
             UNIQUE (digest, who)
         );
         CREATE INDEX IF NOT EXISTS votes_at ON votes (at);
@@ -120,36 +145,53 @@ class ReportedStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(self._SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(votes)")}
+        if "trusted" not in columns:   # a store from before trusted votes: every vote was untrusted
+            self._db.execute("ALTER TABLE votes ADD COLUMN trusted INTEGER NOT NULL DEFAULT 0")
 
     def _cutoff(self) -> float:
         return self.clock() - self.max_age_days * 86400.0
 
-    def vote(self, digest: str, label: str, who: str) -> None:
-        """Record ``who``'s vote on a body (replacing their earlier one)."""
+    def vote(self, digest: str, label: str, who: str, *, trusted: bool = False) -> None:
+        """Record ``who``'s vote on a body (replacing their earlier one). ``trusted``: the
+        feedback store vouched for ``who`` (an admin). Voting the same again is harmless:
+        the vote is only moved to now."""
         if label not in ("spam", "ham"):
             raise ValueError(f"label must be spam or ham, not {label!r}")
+        who = normalise_who(who)
         with self._lock:
             # replaced, not updated: the new row's rowid is the highest, which orders
             # votes cast within one tick of the clock too
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("DELETE FROM votes WHERE digest = ? AND who = ?", (digest, who or "unknown"))
-                self._db.execute("INSERT INTO votes (digest, who, label, at) VALUES (?, ?, ?, ?)",
-                                 (digest, who or "unknown", label, self.clock()))
+                self._db.execute("DELETE FROM votes WHERE digest = ? AND who = ?", (digest, who))
+                self._db.execute("INSERT INTO votes (digest, who, label, at, trusted) VALUES (?, ?, ?, ?, ?)",
+                                 (digest, who, label, self.clock(), int(bool(trusted))))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
     def standing(self, digest: str) -> Standing | None:
-        """The body's current verdict, or None when nobody voted on it (recently)."""
+        """The body's current verdict, or None when nobody voted on it (recently): the
+        latest trusted vote when there is one, else the label most untrusted reporters
+        hold (None on a tie)."""
         with self._lock:
-            rows = self._db.execute("SELECT label, at FROM votes WHERE digest = ? AND at >= ?"
+            rows = self._db.execute("SELECT label, at, trusted FROM votes WHERE digest = ? AND at >= ?"
                                     " ORDER BY rowid DESC", (digest, self._cutoff())).fetchall()
         if not rows:
             return None
-        label, last = rows[0]
-        return Standing(label, sum(1 for r in rows if r[0] == label), last)
+        last = rows[0][1]
+        held = {lbl: sum(1 for r in rows if r[0] == lbl) for lbl in ("spam", "ham")}
+        deciding = next((r for r in rows if r[2]), None)
+        if deciding is not None:
+            label = deciding[0]
+        elif held["spam"] != held["ham"]:
+            label = "spam" if held["spam"] > held["ham"] else "ham"
+        else:
+            return None
+        other = "ham" if label == "spam" else "spam"
+        return Standing(label, held[label], last, trusted=deciding is not None, against=held[other])
 
     def purge(self) -> int:
         """Delete expired votes; returns how many."""
@@ -169,10 +211,17 @@ class ReportedStore:
         return f"ReportedStore({self.path!r}, max_age_days={self.max_age_days})"
 
 
-def reported(raw: bytes, store: ReportedStore, *, min_reporters: int = 1,
+# an untrusted release is a hint, not a ruling: it pulls the combined score a little
+# and never decides alone
+UNTRUSTED_HAM_STRENGTH = 0.5
+
+
+def reported(raw: bytes, store: ReportedStore, *, min_reporters: int = 2,
              digest: str | None = None) -> Signal | None:
     """This installation's verdict on the message's body, or None when it has none.
-    ``digest`` is ``body_digest(raw)`` when the caller has it already."""
+    ``digest`` is ``body_digest(raw)`` when the caller has it already. ``min_reporters``:
+    how many distinct untrusted reporters must hold spam (and outnumber those holding
+    ham) before their report decides alone; a trusted vote decides whatever the count."""
     digest = digest or body_digest(raw)
     if digest is None:
         return None
@@ -182,8 +231,12 @@ def reported(raw: bytes, store: ReportedStore, *, min_reporters: int = 1,
     strength = 1.0 + math.log(s.reporters)
     day = datetime.datetime.fromtimestamp(s.last, datetime.UTC).date().isoformat()
     who = f"{s.reporters} reporter{'s' if s.reporters != 1 else ''}, last {day}"
+    if s.trusted:
+        who += ", an admin's decision"
     if s.label == "spam":
-        return Signal(CLASSIFICATION, strength=strength, decides=s.reporters >= min_reporters,
+        return Signal(CLASSIFICATION, strength=strength, decides=s.trusted or s.reporters >= min_reporters,
                       evidence=(f"reported as spam by {who}",))
-    return Signal(HAM_CLASSIFICATION, strength=-strength, decides=s.reporters >= min_reporters,
+    if not s.trusted:
+        strength = min(1.0, UNTRUSTED_HAM_STRENGTH * strength)
+    return Signal(HAM_CLASSIFICATION, strength=-strength, decides=s.trusted,
                   evidence=(f"released as not spam by {who}",))

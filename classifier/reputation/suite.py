@@ -19,7 +19,9 @@ stores are shared files, not per-worker model state). A report (spam) raises the
 report count, adds the message to the near-duplicate index, counts its UCEPP tokens
 as spam and records the reporter's spam vote on its body; a release (ham) whitelists
 the digest, drops the message's near-duplicates from the index, counts its tokens as
-ham and records the releaser's ham vote.
+ham and records the releaser's ham vote. The first three are taught once per message
+(the learn log's digest); the vote is recorded for every reporter, also of bytes
+already learned, with whether the feedback store trusts the reporter.
 
 The Pyzor digest, which both ``pyzor`` and ``reported`` key on, is computed once per
 message (``_Digests``).
@@ -294,7 +296,7 @@ class Reputation:
 
             digest = digests.body()
             return None if digest is None else reported(raw, c, digest=digest,
-                                                        min_reporters=s.get("min_reporters", 1))
+                                                        min_reporters=s.get("min_reporters", 2))
         if check == "neardup":
             from .neardup import neardup
 
@@ -333,15 +335,19 @@ class Reputation:
 
     # -- learning --------------------------------------------------------------------
     def learn(self, raw: bytes, label: str, features: MessageFeatures | None = None,
-              previous_label: str | None = None, who: str = "unknown") -> dict[str, str]:
+              previous_label: str | None = None, who: str = "unknown", *, trusted: bool = False,
+              only: tuple[str, ...] | None = None) -> dict[str, str]:
         """Teach the stores one labelled message (``who`` taught it: the reporter or
-        the admin who released it); returns what each check did."""
+        the admin who released it; ``trusted``: the feedback store vouched for them);
+        returns what each check did. ``only`` limits it to those checks (the scorer
+        records a later reporter's vote on bytes already learned, ``("reported",)``,
+        without counting the message twice in Pyzor, near-dup and UCEPP)."""
         f = features if features is not None else as_features(raw)
         done: dict[str, str] = {}
         spam = label == "spam"
         digests = _Digests(raw)
         for check in ("pyzor", "neardup", "ucepp", "reported"):
-            if check not in self.checks:
+            if check not in self.checks or (only is not None and check not in only):
                 continue
             c = self.checks[check]
             try:
@@ -369,8 +375,8 @@ class Reputation:
                     if d is None:
                         done[check] = "no body"
                         continue
-                    c.vote(d, label, who)
-                    done[check] = f"{label} vote on {d}"
+                    c.vote(d, label, who, trusted=trusted)
+                    done[check] = f"{'trusted ' if trusted else ''}{label} vote on {d}"
             except Exception as exc:
                 done[check] = f"failed: {type(exc).__name__}: {exc}"
                 log.warning("learn failed", extra={"fields": {"event": "reputation_learn_failed",
