@@ -21,7 +21,7 @@ import pytest
 import mailgen
 from classifier.bundle import BundleError, load_bundle, save_bundle
 from classifier.cli import main
-from classifier.features import message_digest
+from classifier.features import extract, message_digest
 from classifier.learnlog import LearnLog
 from classifier.scorer import Scorer
 from training.corpus import read_corpus
@@ -185,6 +185,64 @@ def test_campaign_feedback_is_promoted_previous_kept_and_rollback_works(env):
     assert [(v.version, v.current) for v in env.store.versions()] == [(BASE, False), (new, True)]
 
 
+def cluster_counts(scorer) -> tuple[int, int]:
+    return dict(scorer.bundle.model.feedback_estimators_)["cluster_tokens"].n_learned()
+
+
+def test_a_change_of_mind_after_the_promotion_undoes_the_folded_label(env):
+    """A message reported, folded into the promoted bundle, then released: a scorer that
+    loads the bundle unlearns the folded spam before it learns the ham. A message whose
+    ham came too late to be folded (held out) had its spam never folded: nothing undone."""
+    from classifier.server import ScorerService, WorkerConfig
+
+    items = good_feedback()
+    early = next(raw for raw, label, _ in items if label == "spam")
+    late = mailgen.make_message("ham", random.Random(5), 3)   # ham reported by mistake, first of all,
+    record(env.learnlog, [(late, "spam", "report")])          # and released last: the release is held
+    entries = record(env.learnlog, items)                     # out, the report replaced before the retrain
+    record(env.learnlog, [(late, "ham", "release")])
+    result = job(env).run()
+    assert result.promoted, result.summary
+    bundle = load_bundle(env.models / "current")
+    t = bundle.training
+    assert message_digest(early) in t["folded_receipts"] and message_digest(late) not in t["folded_receipts"]
+    assert len(t["folded_receipts"]) == t["feedback"]["folded"]
+    folded_spam = t["feedback"]["folded_spam"]
+    folded_ham = t["feedback"]["folded"] - folded_spam
+    assert cluster_counts(Scorer(bundle)) == (folded_spam, folded_ham)
+    assert next(e.id for e in entries if e.digest == message_digest(early)) <= t["learnlog_upto"]
+
+    held = result.report["data"]["feedback"]["held_out"]
+    svc = ScorerService(WorkerConfig(model=str(env.models / "current"), learnlog=str(env.learnlog),
+                                     poll_seconds=60.0))
+    try:
+        # the held-out feedback replayed; the late message once, as ham: its spam, replaced
+        # before the retrain, was never folded, and its release undoes nothing
+        assert cluster_counts(svc._scorer) == (folded_spam + held["spam"], folded_ham + held["ham"])
+        before = token_counts(svc._scorer, early)
+
+        relearn = record(env.learnlog, [(early, "ham", "release")])[0]
+        assert relearn.outcome == "relearned" and relearn.id > t["learnlog_upto"]
+        svc.catch_up()
+        # the folded spam undone with the bundle's receipt, the ham learned: every token of
+        # the message has one spam count fewer and one ham count more
+        n = len(extract(early).unique_tokens())
+        assert token_counts(svc._scorer, early) == (before[0] - n, before[1] + n)
+        assert cluster_counts(svc._scorer) == (folded_spam - 1 + held["spam"], folded_ham + 1 + held["ham"])
+        svc.reload()                      # a scorer (re)started now ends in the same state
+        assert token_counts(svc._scorer, early) == (before[0] - n, before[1] + n)
+        assert cluster_counts(svc._scorer) == (folded_spam - 1 + held["spam"], folded_ham + 1 + held["ham"])
+    finally:
+        svc.close()
+
+
+def token_counts(scorer, raw) -> tuple[int, int]:
+    """cluster_tokens' spam and ham counts summed over the message's tokens."""
+    est = dict(scorer.bundle.model.feedback_estimators_)["cluster_tokens"]
+    rows = [est.index_[t] for t in extract(raw).unique_tokens() if t in est.index_]
+    return int(est.spam_counts_[rows].sum()), int(est.ham_counts_[rows].sum())
+
+
 def test_dry_run_evaluates_and_promotes_nothing(env):
     record(env.learnlog, good_feedback())
     result = job(env, dry_run=True).run()
@@ -319,7 +377,8 @@ def test_store_keeps_the_newest_versions_and_never_the_current_one(base, tmp_pat
         with pytest.raises(RetrainError, match="another retrain"), store.lock():
             pass
     assert [v.version for v in store.versions()] == [BASE, "v3", "v4"]
-    assert store.previous_of("v4") == "v3" and store.previous_of(BASE) is None
+    # v4 was rolled back from: a second rollback goes further back, to v3 (v2 is gone)
+    assert store.previous_of("v4") == "v3" and store.previous_of(BASE) == "v3"
     assert load_bundle(tmp_path / "models" / "current").version == BASE
 
     # a bundle that fails its manifest never enters the directory
@@ -331,6 +390,52 @@ def test_store_keeps_the_newest_versions_and_never_the_current_one(base, tmp_pat
         store.add(broken, "v5")
     assert not (tmp_path / "models" / "versions" / "v5").exists()
     assert not [p for p in (tmp_path / "models" / "versions").iterdir() if p.name.startswith(".")]
+
+
+def fake_versions(root, *names) -> ModelStore:
+    """A models directory whose versions are empty directories: the rollback order and
+    prune read only the history and the directory names."""
+    store = ModelStore(root)
+    for v in names:
+        (store.versions_dir / v).mkdir(parents=True)
+    return store
+
+
+def test_rollback_target_and_prune_follow_the_switches_not_the_making(tmp_path):
+    """v1 seeded, v2 and v3 promoted, v3 rolled back, v4 promoted: v4 rolls back to v2,
+    which served before it, and pruning keeps v2, not the rolled-back v3."""
+    store = fake_versions(tmp_path / "models", "v1", "v2", "v3")
+    store.switch("v1", "seed")
+    store.switch("v2", "promote")
+    store.switch("v3", "promote")
+    store.switch(store.previous_of("v3"), "rollback")
+    assert store.current_version() == "v2"
+    (store.versions_dir / "v4").mkdir()
+    store.switch("v4", "promote")
+    assert store.previous_of("v4") == "v2"
+    assert store.prune(keep=2) == ["v1", "v3"]
+    assert sorted(p.name for p in store.versions_dir.iterdir()) == ["v2", "v4"]
+    # keep=1 still keeps the rollback target
+    assert store.prune(keep=1) == [] and store.previous_of("v4") == "v2"
+
+
+def test_a_second_rollback_goes_further_back_and_a_named_one_is_undone(base, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    for v in ("v1", "v2", "v3"):   # rollback loads its target: real bundles (copies of the base)
+        shutil.copytree(base.bundle, store.versions_dir / v)
+    store.switch("v1", "seed")
+    store.switch("v2", "promote")
+    store.switch("v3", "promote")
+    assert rollback(store.root)["version"] == "v2"
+    assert rollback(store.root)["version"] == "v1"          # not back to the rolled-back v3
+    with pytest.raises(RetrainError, match="nothing to roll back to"):
+        rollback(store.root)
+    # a rollback to a named version judged nothing: the default one undoes it
+    assert rollback(store.root, "v3")["version"] == "v3"
+    assert rollback(store.root)["version"] == "v1"
+    assert [h["action"] for h in store.history()][-1] == "rollback" and store.history()[-2]["named"]
+    # ranked by the last time each was current: v1 (now), v3, v2
+    assert store.prune(keep=2) == ["v2"]
 
 
 # ---------------------------------------------------------------- the command line
@@ -376,7 +481,7 @@ def test_cli_init_retrain_list_rollback_with_the_gate_config_defaults(base, tmp_
     out = capsys.readouterr().out
     assert f"current: {BASE} (was r2)" in out and "reload 127.0.0.1:1: FAILED" in out
     assert main(["retrain", "rollback", "--config", config, "--no-reload"]) == 2
-    assert "oldest version" in capsys.readouterr().err
+    assert f"nothing to roll back to: no version kept served before {BASE}" in capsys.readouterr().err
     assert main(["retrain", "--config", config]) == 2
     assert "--corpus" in capsys.readouterr().err
 

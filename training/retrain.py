@@ -70,8 +70,12 @@ so a scorer (re)loading at any moment finds the old bundle or the new one, never
 half. On first use the directory is seeded with a copy of the bundle the scorer runs now, or
 (``mailsift retrain init --corpus``) with a base bundle trained without the validation
 slice.
-The newest ``keep`` versions are kept (the current one always) for
-``mailsift retrain rollback``.
+The ``keep`` versions most recently current are kept for ``mailsift retrain rollback``,
+and always the current one and its rollback target. The order comes from the history of
+switches, not from when a version was made: a rollback goes to the version that was
+current before the current one last became current (passing over versions an earlier
+rollback left), so after v1, v2, v3, a rollback to v2 and a promotion of v4, v4 rolls
+back to v2, and pruning keeps v2 rather than the rolled-back v3.
 
 Hot reload
 ----------
@@ -80,7 +84,10 @@ addresses; the scorer must be started with ``--model <models>/current`` (the gat
 ``[scorer] model``) for the reload to find the new bundle. It loads the bundle and
 replays the learn log after ``training["learnlog_upto"]``: the highest learn log id
 folded into the bundle, so the held-out feedback, which is newer, is learned online
-again after the reload and nothing is learned twice.
+again after the reload and nothing is learned twice. A change of mind after that id
+about a folded message (reported, folded, then released) must undo the folded label:
+the bundle keeps the receipt of each folded learn (``training["folded_receipts"]``, by
+digest), and the scorer starts its replay with them, as if it had learned them itself.
 """
 from __future__ import annotations
 
@@ -246,7 +253,7 @@ class ModelStore:
 
     def version_names(self) -> list[str]:
         """Versions present, in the order they entered the directory (oldest first)."""
-        present = {p.name for p in self.versions_dir.iterdir() if p.is_dir()} if self.versions_dir.is_dir() else set()
+        present = self._present()
         order = []
         for h in self.history():
             if h["action"] in ("seed", "promote") and h["version"] in present and h["version"] not in order:
@@ -347,20 +354,59 @@ class ModelStore:
         self.switch(version, "seed", source=f"trained on {corpus} without the validation slice")
         return version
 
+    def switches(self) -> list[dict]:
+        """Every switch of ``current`` (seed, promote, rollback), oldest first: the
+        history's records."""
+        return [h for h in self.history() if h.get("action") in ("seed", "promote", "rollback")]
+
+    def _present(self) -> set[str]:
+        if not self.versions_dir.is_dir():
+            return set()
+        return {p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+    def previous_of(self, version: str) -> str | None:
+        """Where ``rollback`` goes from ``version``: the version that was current before
+        ``version`` last became current, still kept. A version a rollback to the default
+        target left is passed over (it was judged bad), so a second rollback goes further
+        back instead of returning to it; a version a rollback to a named version left was
+        not judged, and is not. None: nothing kept served before it."""
+        seq = self.switches()
+        last = max((i for i, h in enumerate(seq) if h["version"] == version), default=None)
+        if last is None:   # never switched to (history lost, copied in by hand): by entry order
+            names = self.version_names()
+            i = names.index(version) if version in names else 0
+            return names[i - 1] if i > 0 else None
+        present = self._present()
+        abandoned: set[str] = set()
+        for i in range(1, len(seq)):
+            left = seq[i - 1]["version"]
+            if left == seq[i]["version"]:
+                continue
+            if seq[i]["action"] == "rollback" and not seq[i].get("named"):
+                abandoned.add(left)
+            else:
+                abandoned.discard(left)
+        for h in reversed(seq[:last]):
+            v = h["version"]
+            if v != version and v in present and v not in abandoned:
+                return v
+        return None
+
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` versions, never the current one."""
+        """Delete all but the ``keep`` versions most recently current; never the current
+        one nor its rollback target (``previous_of``), whatever ``keep`` says. A version
+        never current (copied in by hand) ranks below every one that was."""
         cur = self.current_version()
-        names = self.version_names()
-        drop = [v for v in names[:max(0, len(names) - keep)] if v != cur]
+        present = self._present()
+        last_current = {h["version"]: i for i, h in enumerate(self.switches())}
+        never = sorted(present - set(last_current), key=lambda v: self.path_of(v).stat().st_mtime, reverse=True)
+        ranked = sorted((v for v in present if v in last_current), key=lambda v: -last_current[v]) + never
+        protected = {cur, self.previous_of(cur) if cur else None}
+        kept = set(ranked[:max(0, keep)]) | protected
+        drop = [v for v in reversed(ranked) if v not in kept]   # oldest first
         for v in drop:
             shutil.rmtree(self.path_of(v))
         return drop
-
-    def previous_of(self, version: str) -> str | None:
-        """The version that entered the directory before ``version``."""
-        names = self.version_names()
-        i = names.index(version) if version in names else 0
-        return names[i - 1] if i > 0 else None
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -534,7 +580,7 @@ class Retrain:
                          "folded_spam": sum(i.label == "spam" for i, _ in fold_feats)},
         })
         bundle.training.update(fit_seconds=fit_s, oof=oof_report(bundle.model))
-        _fold_into_feedback_classifiers(bundle, fold_feats)
+        bundle.training["folded_receipts"] = _fold_into_feedback_classifiers(bundle, fold_feats)
         candidate = Scorer(bundle)
         seconds["fit"] = time.perf_counter() - t0
 
@@ -610,16 +656,27 @@ class Retrain:
         return RetrainResult(report, report_dir, report["decision"]["promoted"], version, summary)
 
 
-def _fold_into_feedback_classifiers(bundle: ModelBundle, fold_feats) -> None:
+def _fold_into_feedback_classifiers(bundle: ModelBundle, fold_feats) -> dict[str, dict]:
     """Teach the folded feedback to the feedback classifiers (``cluster_tokens``), as the
     scorer's replay would have: the new bundle's ``learnlog_upto`` tells the scorer not
-    to replay it again, so without this the installation's own model would forget it."""
+    to replay it again, so without this the installation's own model would forget it.
+
+    Returns each folded message's receipt by digest, for ``training["folded_receipts"]``:
+    a scorer that loads the bundle starts from them, so that a change of mind logged
+    after ``learnlog_upto`` (a reported message released) undoes the folded label
+    before it learns the new one, as it would have had it replayed the first learn
+    itself. Only what was folded has one: a message whose last label was held out, left
+    out with a distrusted reporter or dropped as a validation copy is not in the bundle,
+    and a relearn of it has nothing to undo."""
     model = bundle.model
     names = [n for n, _ in model.feedback_estimators_]
+    receipts = {}
     for item, f in fold_feats:
         targets = [n for n in names if not item.classifiers or n in item.classifiers]
         if targets:
-            model.learn_to(f, item.label, targets)
+            # through JSON now: the bundle stores it so, and a type it cannot store fails here
+            receipts[item.digest] = json.loads(json.dumps(model.learn_to(f, item.label, targets)))
+    return receipts
 
 
 def _card_notes(report: dict) -> list[str]:
@@ -656,14 +713,18 @@ def reload_scorers(addresses: list[str], expect: str, deadline: float) -> list[d
             rec["error"] = f"unavailable: {exc}"
         except grpc.RpcError as exc:   # the scorer refused the bundle, and serves the one it had
             rec["error"] = f"{exc.code().name}: {exc.details()}"
+            if "is not the pinned" in (exc.details() or ""):
+                rec["error"] += (" (the scorer was started with --manifest-sha256, which pins one bundle:"
+                                 " it refuses every other one, a promoted or rolled-back bundle included;"
+                                 " restart it without the pin, or with the new bundle's manifest SHA-256)")
         out.append(rec)
     return out
 
 
 def rollback(models: str | os.PathLike, version: str | None = None, scorers: list[str] = (),
              deadline: float = 120.0) -> dict:
-    """Make ``version`` (default: the version before the current one) current again and
-    reload the scorers. The learn log is replayed on it after its own ``learnlog_upto``,
+    """Make ``version`` (default: ``ModelStore.previous_of`` the current one: the version
+    that served before it) current again and reload the scorers. The learn log is replayed on it after its own ``learnlog_upto``,
     so no feedback is lost by going back."""
     store = ModelStore(models)
     with store.lock():
@@ -672,7 +733,9 @@ def rollback(models: str | os.PathLike, version: str | None = None, scorers: lis
             raise RetrainError(f"{store.root}: no current version to roll back from")
         target = version or store.previous_of(cur)
         if target is None:
-            raise RetrainError(f"{cur} is the oldest version kept; nothing to roll back to")
+            raise RetrainError(f"nothing to roll back to: no version kept served before {cur} (the oldest"
+                               " version kept, or the ones before it were rolled back from; name one to"
+                               " switch to it)")
         if target == cur:
             raise RetrainError(f"{cur} is already current")
         if not _VERSION.match(target):
@@ -681,7 +744,7 @@ def rollback(models: str | os.PathLike, version: str | None = None, scorers: lis
             load_bundle(store.path_of(target))
         except BundleError as exc:
             raise RetrainError(f"cannot roll back to {target}: {exc}") from None
-        previous = store.switch(target, "rollback")
+        previous = store.switch(target, "rollback", **({"named": True} if version else {}))
     return {"version": target, "previous": previous, "reload": reload_scorers(list(scorers), target, deadline)}
 
 

@@ -3,7 +3,7 @@ real traffic, registered by ``classifier.cli``.
 
     mailsift retrain --corpus DIR [--dry-run]   build, evaluate and maybe promote a bundle
     mailsift retrain list                        the kept versions, the current one marked
-    mailsift retrain rollback [VERSION]          back to VERSION (default: the one before)
+    mailsift retrain rollback [VERSION]          back to VERSION (default: the one that served before)
     mailsift retrain init [--corpus DIR]         seed the models directory (first use)
     mailsift tune [--json]                       what other thresholds would have changed
 
@@ -47,7 +47,7 @@ def register(sub) -> None:
     s.set_defaults(func=_list)
     s = rsub.add_parser("rollback", help="make an older version current again and reload the scorers")
     _common(s)
-    s.add_argument("target", nargs="?", metavar="VERSION", help="default: the version before the current one")
+    s.add_argument("target", nargs="?", metavar="VERSION", help="default: the version that served before the current one")
     s.set_defaults(func=_rollback)
     s = rsub.add_parser("init", help="seed the models directory with the bundle the scorer runs now,"
                                      " or with one trained on --corpus without the validation slice")
