@@ -23,6 +23,15 @@ take turns), and the index row follows. A release is written as *pending*, with 
 queue id it will use, before the message is queued, and as *done* after: a release
 interrupted by a crash is settled on the next action by asking the queue whether that
 id exists, so the message is neither queued twice nor reported released when it was not.
+A purge settles such a release (given the queue) before the message goes, and keeps
+the message while it cannot. What a release teaches is submitted to the feedback store
+after the lock is let go (the store may wait seconds for the scorer; the gate and the
+CLI should not), and its answer is written into the action afterwards; a release done
+but not yet learned (a crash in between) is learned by the next action on it.
+
+Report as spam from a user's copy (``report_spam``): the copy names our queue id in our
+trace fields, but the copy is the user's to edit, so the id is believed only when the
+copy's body is the queue entry's; the score is the entry's, never the copy's.
 
 Releasing feeds the classifiers where the contract's ``release`` column says ``learn``,
 and only when the message goes to its original recipients: that is the admin saying
@@ -451,16 +460,47 @@ class Quarantine:
     # ------------------------------------------------------------------------------
     # Retention
     # ------------------------------------------------------------------------------
-    def purge(self, now: float | None = None) -> int:
+    def purge(self, now: float | None = None, *, queue=None, feedback=None) -> int:
         """Remove every message stored more than ``retention`` ago (files and index
-        rows); the number removed. The gate's server calls it hourly."""
+        rows); the number removed. The gate's server calls it hourly.
+
+        A message whose release a crash left unsettled (pending, or done and not yet
+        learned) is settled first when ``queue`` is given (and learned with
+        ``feedback``) and purged on a later run; without ``queue`` it is kept until
+        something settles it, since deleting it would lose the release's outcome."""
         now = self.clock() if now is None else now
         cutoff = now - self.retention
         self._catch_up()   # a message the index missed is purged too
+        owed: dict[str, list[dict[str, Any]]] = {}
+        try:
+            return self._purge(now, cutoff, queue, owed)
+        finally:
+            for qid, acts in owed.items():
+                self._learn_owed(qid, acts, feedback)
+
+    def _unsettled(self, day: Path, qid: str, queue, owed: dict[str, list[dict[str, Any]]]) -> bool:
+        """Whether the message has a release to settle before it may go (see purge)."""
+        try:
+            rec = json.loads((day / f"{qid}.json").read_bytes())
+        except (OSError, ValueError):
+            return False
+        rec.setdefault("actions", [])
+        if not any(a["action"] == "release" and (a.get("status") == "pending" or
+                                                 (a.get("status") == "done" and "learn" not in a))
+                   for a in rec["actions"]):
+            return False
+        if queue is None:
+            log.warning("quarantine: %s has an unsettled release; kept until it is settled", qid)
+            return True
+        owed[qid] = self._settle(day, rec, queue)
+        return bool(owed[qid])
+
+    def _purge(self, now: float, cutoff: float, queue, owed: dict[str, list[dict[str, Any]]]) -> int:
         with self._exclusive():
             with self._lock:
                 rows = self._connect().execute(
                     "SELECT id, day FROM messages WHERE stored < ?", (cutoff,)).fetchall()
+            rows = [(qid, day) for qid, day in rows if not self._unsettled(self.directory / day, qid, queue, owed)]
             days = set()
             for qid, day in rows:
                 path = self.directory / day
@@ -525,11 +565,16 @@ class Quarantine:
         except sqlite3.Error as exc:
             log.warning("quarantine index write failed for %s: %s (reindex repairs it)", rec["id"], exc)
 
-    def _settle(self, day: Path, rec: dict[str, Any], queue, feedback) -> None:
+    def _settle(self, day: Path, rec: dict[str, Any], queue) -> list[dict[str, Any]]:
         """Settle releases a crash left pending: queued (the queue knows the id: it is
-        done, and what it should have taught is taught now) or not (abandoned)."""
+        done) or not (abandoned). Returns the done releases whose learn is still owed
+        (settled now, or done by a process that died before it learned): the caller
+        submits them with ``_learn`` once it has let go of the lock."""
+        owed = []
         for a in rec["actions"]:
-            if a["action"] == "release" and a.get("status") == "pending":
+            if a["action"] != "release":
+                continue
+            if a.get("status") == "pending":
                 if queue.get(a["queue_id"]) is None:
                     a["status"] = "abandoned"
                     self._save(day, rec)
@@ -537,26 +582,45 @@ class Quarantine:
                 a["status"] = "done"
                 if a.get("original_recipients"):
                     rec["state"] = "released"
-                self._learn(day, rec, a, (day / f"{rec['id']}.eml").read_bytes(), feedback)
+                self._save(day, rec)
+            if a.get("status") == "done" and "learn" not in a:
+                owed.append(a)
+        return owed
 
-    def _learn(self, day: Path, rec: dict[str, Any], act: dict[str, Any], message: bytes,
-               feedback) -> tuple[dict[str, Any] | None, str | None, str | None]:
-        """Submit a done release as ham where it should be; recorded in the action.
-        Returns (the feedback result, why nothing was submitted, the submit's error)."""
+    def _learn(self, qid: str, act: dict[str, Any], feedback) -> tuple[dict[str, Any] | None, str | None, str | None]:
+        """Submit a done release as ham where it should be, *outside* the actions lock
+        (the feedback store may wait for the scorer), then record what it said in the
+        action. Returns (the feedback result, why nothing was submitted, the submit's error)."""
+        got = self.get(qid)
+        rec = got[1] if got else {"id": qid}
+        message = got[0] if got else None
         not_learned = _why_not_learn(rec, act["original_recipients"], act.get("learn_requested", True), feedback)
+        if not_learned is None and message is None:
+            not_learned = "the message is gone"
         result, error = None, None
         if not_learned is None:
             try:
                 result = _plain(feedback.submit(
                     message=message, label="ham", source="release", who=act["who"], why=act.get("why", ""),
                     score=rec.get("score"), classification=rec.get("classification"), queue_id=rec["id"],
-                    classifiers=fired_classifiers(rec)))
+                    classifiers=fired_classifiers(rec), classifier_scores=rec.get("scores") or None))
             except Exception as exc:   # the message is queued: the release stands, and says so
                 log.exception("feedback for the release of %s failed", rec["id"])
                 error = f"{type(exc).__name__}: {exc}"
-        act["learn"] = result if result is not None else {"not_learned": not_learned, "error": error}
-        self._save(day, rec)
+        outcome = result if result is not None else {"not_learned": not_learned, "error": error}
+        with self._exclusive():
+            with contextlib.suppress(NotFound):
+                day, rec = self._load(qid)
+                for a in rec["actions"]:
+                    if a["action"] == "release" and a.get("queue_id") == act["queue_id"]:
+                        a["learn"] = outcome
+                        self._save(day, rec)
+                        break
         return result, not_learned, error
+
+    def _learn_owed(self, qid: str, owed: list[dict[str, Any]], feedback) -> None:
+        for a in owed:
+            self._learn(qid, a, feedback)
 
     def release(self, qid: str, *, queue, feedback=None, who: str, why: str = "",
                 to: list[str] | None = None, force: bool = False, learn: bool = True) -> Release:
@@ -568,11 +632,20 @@ class Quarantine:
         releasing a message they know is spam, because a user insists). With ``to`` it
         goes to those addresses instead and nothing is learned. Delivering to an address
         it was already released to needs ``force``."""
+        owed: list[dict[str, Any]] = []
+        try:
+            return self._release(qid, queue=queue, feedback=feedback, who=who, why=why, to=to, force=force,
+                                 learn=learn, owed=owed)
+        finally:
+            self._learn_owed(qid, owed, feedback)   # what a crash left unlearned, after the lock
+
+    def _release(self, qid: str, *, queue, feedback, who: str, why: str, to: list[str] | None, force: bool,
+                 learn: bool, owed: list[dict[str, Any]]) -> Release:
         with self._exclusive():
             day, rec = self._load(qid)
             if rec["state"] == "deleted":
                 raise Deleted(f"{qid} was deleted")
-            self._settle(day, rec, queue, feedback)
+            owed += self._settle(day, rec, queue)
             original = not to
             targets = list(to) if to else list(rec.get("deliver_to") or rec.get("rcpts") or ())
             if not targets:
@@ -608,7 +681,8 @@ class Quarantine:
             act["status"] = "done"
             if original:
                 rec["state"] = "released"
-            result, not_learned, error = self._learn(day, rec, act, message, feedback)
+            self._save(day, rec)
+        result, not_learned, error = self._learn(qid, act, feedback)
         return Release(quarantine_id=qid, queue_id=queue_id, to=tuple(targets), original_recipients=original,
                        feedback=result, not_learned=not_learned, feedback_error=error)
 
@@ -662,9 +736,15 @@ def _name_value(field: bytes) -> tuple[str, str]:
 
 def find_queue_id(message: bytes, hostname: str | None = None) -> tuple[str, int] | None:
     """Our queue id in a delivered message, and the index of the field that names it:
-    the topmost ``Received: ... by <hostname> (mailsift) ... id <ID>`` (any host when
-    ``hostname`` is None), an ``X-Mailsift-Released: ...; queue-id=<ID>`` of a release,
-    or ``X-Mailsift-Queue-Id``. Fields above it were added after us (downstream hops)."""
+    whichever of ours comes first from the top, the ``Received: ... by <hostname>
+    (mailsift) ... id <ID>`` of a delivery (any host when ``hostname`` is None) or the
+    ``X-Mailsift-Released: ...; queue-id=<ID>`` of a release. Fields above it were added
+    after us (downstream hops). The gate strips ``X-Mailsift-*`` fields that arrive from
+    outside, so below our Received there is no other; a released message's original
+    bytes are kept as received, so a sender's forgery can only sit below ours.
+
+    This is a hint, not a proof: the user's copy is the user's to edit. report_spam
+    checks that the copy's body is the queue entry's before it believes it."""
     fields, _ = _fields(message)
     for i, field in enumerate(fields):
         name, value = _name_value(field)
@@ -676,8 +756,6 @@ def find_queue_id(message: bytes, hostname: str | None = None) -> tuple[str, int
             m = _RELEASED.search(value)
             if m:
                 return m.group(1), i
-        elif name == "x-mailsift-queue-id" and value:
-            return value.split()[0], i
     return None
 
 
@@ -700,37 +778,52 @@ def strip_trace(message: bytes, hostname: str | None = None) -> bytes:
     return headers.strip_ours(message, authserv or "")
 
 
-def _header_verdict(message: bytes) -> tuple[float | None, str | None]:
-    score, classification = None, None
-    for field in _fields(message)[0]:
-        name, value = _name_value(field)
-        if name == "x-mailsift-score" and score is None:
-            with contextlib.suppress(ValueError):
-                score = float(value.split(";")[0])
-        elif name == "x-mailsift-classification" and classification is None:
-            classification = value.split(";")[0].strip() or None
-    return score, classification
+class Mismatch(QuarantineError):
+    """The user's copy is not the message the queue id it names was."""
+
+
+def same_body(copy: bytes, original: bytes) -> bool:
+    """Whether a user's copy (our trace fields stripped) carries the body the gate
+    received: the same body bytes (line ends and trailing blanks aside), or the same
+    Pyzor digest (a mailbox that re-encoded a part)."""
+    from classifier.reputation.reported import _body_bytes, body_digest
+
+    mine = _body_bytes(copy)
+    if mine is not None and mine == _body_bytes(original):
+        return True
+    digest = body_digest(copy)
+    return digest is not None and digest.startswith("pyzor:") and digest == body_digest(original)
 
 
 def report_spam(queue, feedback, *, queue_id: str | None = None, message: bytes | None = None,
                 who: str, why: str = "", hostname: str | None = None) -> Report:
     """Report a delivered message as spam: by our queue id (the bytes as received come
     from the queue, score and classification from the entry), or from the message as
-    the user has it (its queue id read from our trace fields; when the queue no longer
-    has it, our trace fields are stripped from the user's copy)."""
+    the user has it.
+
+    A copy names its queue id in our trace fields (``find_queue_id``), but the copy is
+    the user's to edit: the id is believed only when the copy's body is that entry's
+    (``same_body``), else the report is refused (``Mismatch``), so nobody reports
+    another user's message by forging a header. The score is never read from the
+    copy: it is the queue entry's, and when the queue no longer has the entry the
+    copy (our trace fields stripped) is submitted without one, which the feedback
+    store holds for review (``no_verdict``) unless the reporter is trusted."""
     if (queue_id is None) == (message is None):
         raise ValueError("report_spam needs a queue id or a message, not both")
     if message is not None:
         found = find_queue_id(message, hostname)
         entry = queue.get(found[0]) if found else None
+        copy = strip_trace(message, hostname)
         if entry is None:
-            score, classification = _header_verdict(message)
             qid = found[0] if found else None
-            result = feedback.submit(message=strip_trace(message, hostname), label="spam", source="report",
-                                     who=who, why=why, score=score, classification=classification, queue_id=qid)
-            return Report(queue_id=qid, from_queue=False, score=score, classification=classification,
+            result = feedback.submit(message=copy, label="spam", source="report", who=who, why=why,
+                                     score=None, classification=None, queue_id=qid, require_verdict=True)
+            return Report(queue_id=qid, from_queue=False, score=None, classification=None,
                           feedback=_plain(result))
         queue_id = found[0]
+        if not same_body(copy, queue.original(queue_id)):
+            raise Mismatch(f"the message names queue id {queue_id}, but its body is not that message's:"
+                           " not reported (send the message as it was delivered)")
     else:
         entry = queue.get(queue_id)
         if entry is None:
@@ -738,6 +831,7 @@ def report_spam(queue, feedback, *, queue_id: str | None = None, message: bytes 
     meta = getattr(entry, "meta", None) or {}
     score, classification = meta.get("score"), meta.get("classification")
     result = feedback.submit(message=queue.original(queue_id), label="spam", source="report", who=who, why=why,
-                             score=score, classification=classification, queue_id=queue_id)
+                             score=score, classification=classification, queue_id=queue_id,
+                             require_verdict=True)
     return Report(queue_id=queue_id, from_queue=True, score=score, classification=classification,
                   feedback=_plain(result))

@@ -273,7 +273,14 @@ def _delete(a) -> int:
 
 def _purge(a) -> int:
     def act(cfg, q) -> int:
-        print(f"purged {q.purge()} message(s) older than {cfg.quarantine.retention / 86400:g} days")
+        # a release a crash left unsettled is settled (and learned) before its message goes
+        queue, feedback = _queue(cfg), _feedback(cfg)
+        try:
+            n = q.purge(queue=queue, feedback=feedback)
+        finally:
+            queue.close()
+            feedback.close()
+        print(f"purged {n} message(s) older than {cfg.quarantine.retention / 86400:g} days")
         return 0
     return _with_quarantine(a, act)
 

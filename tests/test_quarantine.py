@@ -266,6 +266,48 @@ def test_purge_removes_what_is_past_retention(tmp_path, clock):
     q.close()
 
 
+def test_purge_settles_a_release_left_pending_before_deleting(tmp_path, clock):
+    q = Quarantine(tmp_path / "q", retention=DAY, clock=clock)
+    q.store("P1", message(), record())
+    queue = FakeQueue(crash_after_enqueue=True)
+    with pytest.raises(KeyboardInterrupt):
+        q.release("P1", queue=queue, feedback=NoFeedback(), who="admin")
+    later = T0 + 2 * DAY
+    assert q.purge(now=later) == 0                      # no queue to ask: kept, not lost
+    assert q.get("P1")[1]["actions"][0]["status"] == "pending"
+    queue.crash_after_enqueue = False
+    fb = FakeFeedback()
+    assert q.purge(now=later, queue=queue, feedback=fb) == 0   # settled and learned first
+    act = q.get("P1")[1]["actions"][0]
+    assert act["status"] == "done" and act["learn"]["status"] == "learned"
+    assert [(c["label"], c["who"]) for c in fb.calls] == [("ham", "admin")]
+    assert q.purge(now=later, queue=queue, feedback=NoFeedback()) == 1
+    q.close()
+
+
+def test_feedback_is_submitted_outside_the_actions_lock(q, clock):
+    import fcntl
+
+    q.store("Q1", message(), record())
+    seen = []
+
+    class Probe(FakeFeedback):
+        def submit(self, **kw):
+            fd = os.open(q.directory / ".actions.lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # another process could act meanwhile
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+            finally:
+                os.close(fd)
+            return super().submit(**kw)
+
+    r = q.release("Q1", queue=FakeQueue(), feedback=Probe(), who="admin")
+    assert seen == ["free"] and r.feedback["status"] == "learned"
+    assert q.get("Q1")[1]["actions"][0]["learn"]["status"] == "learned"
+
+
 def test_purge_finds_messages_the_index_missed(tmp_path, clock, monkeypatch):
     q = Quarantine(tmp_path / "q", retention=DAY, clock=clock)
     monkeypatch.setattr(Quarantine, "_put", staticmethod(lambda *a: (_ for _ in ()).throw(sqlite3.Error("x"))))
@@ -297,7 +339,8 @@ def test_release_queues_the_original_and_learns_ham(q, clock):
     [sub] = fb.calls
     assert sub == dict(message=raw, label="ham", source="release", who="admin", why="a customer's order",
                        score=0.95, classification="combined_score", queue_id="Q1",
-                       classifiers=["cluster_tokens", "global_tokens"])
+                       classifiers=["cluster_tokens", "global_tokens"],
+                       classifier_scores={"global_tokens": 0.97, "crm114": 0.2, "cluster_tokens": 0.6})
     assert r.original_recipients and r.feedback["status"] == "learned" and r.not_learned is None
     _, rec = q.get("Q1")
     assert rec["state"] == "released"
@@ -457,6 +500,9 @@ def test_find_queue_id_and_strip_trace():
     assert strip_trace(copy.replace(b"\r\n", b"\n"), "mx.gate.test") == ORIGINAL   # saved with LF
     released = b"X-Mailsift-Released: Q1; queue-id=REL123; classification=urlbl; date\r\n" + ORIGINAL
     assert find_queue_id(released) == ("REL123", 0) and strip_trace(released) == ORIGINAL
+    # the topmost of ours wins: a sender's forgery below a release's own field is not read
+    forged = released.replace(b"From:", b"X-Mailsift-Released: Q9; queue-id=FORGED\r\nFrom:", 1)
+    assert find_queue_id(forged) == ("REL123", 0)
 
 
 def test_report_by_queue_id_uses_the_queue(clock):
@@ -464,7 +510,7 @@ def test_report_by_queue_id_uses_the_queue(clock):
     fb = FakeFeedback()
     r = report_spam(queue, fb, queue_id="QID1", who="alice", why="phish")
     assert fb.calls == [dict(message=ORIGINAL, label="spam", source="report", who="alice", why="phish",
-                             score=0.42, classification="not_spam", queue_id="QID1")]
+                             score=0.42, classification="not_spam", queue_id="QID1", require_verdict=True)]
     assert r.from_queue and r.queue_id == "QID1" and r.feedback["status"] == "learned"
     with pytest.raises(NotFound):
         report_spam(queue, FakeFeedback(), queue_id="GONE", who="alice")
@@ -478,12 +524,47 @@ def test_report_from_the_users_copy(clock):
     fb = FakeFeedback()
     r = report_spam(queue, fb, message=delivered_copy(qid), who="alice", hostname="mx.gate.test")
     assert r.from_queue and fb.calls[0]["message"] == ORIGINAL and fb.calls[0]["queue_id"] == qid
-    # once the queue no longer has it, the user's copy without our fields is the original
+    assert fb.calls[0]["score"] == 0.42                      # the entry's, not the copy's header
+    # once the queue no longer has it, the user's copy without our fields is the original,
+    # and its own X-Mailsift-Score is not believed: no score, so held unless trusted
     fb = FakeFeedback()
     r = report_spam(FakeQueue(), fb, message=delivered_copy(qid), who="alice", hostname="mx.gate.test")
     assert not r.from_queue and r.queue_id == qid
     assert fb.calls[0]["message"] == ORIGINAL
-    assert (fb.calls[0]["score"], fb.calls[0]["classification"]) == (0.42, "not_spam")
+    assert (fb.calls[0]["score"], fb.calls[0]["classification"], fb.calls[0]["require_verdict"]) == (
+        None, None, True)
+
+
+def test_a_copy_cannot_point_a_report_at_another_users_message(clock):
+    """Finding 1: forged trace fields on top of the reporter's own message name the
+    victim's queue id; the body does not match, so nothing is reported."""
+    from smtpgate.quarantine import Mismatch
+
+    victim = message(subject="salary", body="Your salary statement for March is attached")
+    queue = FakeQueue({"VICTIM": (b"R: x\r\n" + victim, 6, {"score": 0.2, "classification": "not_spam"})})
+    mine = message(subject="ad", body="hello, buy things")
+    for forged in (b"Received: from a by mx.gate.test (mailsift) with ESMTP id VICTIM; now\r\n" + mine,
+                   b"X-Mailsift-Released: Q1; queue-id=VICTIM; classification=x; now\r\n" + mine):
+        with pytest.raises(Mismatch, match="VICTIM"):
+            report_spam(queue, NoFeedback(), message=forged, who="mallory", hostname="mx.gate.test")
+    # the X-Mailsift-Queue-Id form is not ours at all: the copy is reported as it is, unverified
+    fb = FakeFeedback()
+    r = report_spam(queue, fb, message=b"X-Mailsift-Queue-Id: VICTIM\r\n" + mine, who="mallory",
+                    hostname="mx.gate.test")
+    assert r.queue_id is None and not r.from_queue and fb.calls[0]["message"] == mine
+    assert fb.calls[0]["require_verdict"] and fb.calls[0]["score"] is None
+    # another gate's Received is not ours
+    assert find_queue_id(b"Received: from a by evil.test (mailsift) with ESMTP id VICTIM; now\r\n" + mine,
+                         "mx.gate.test") is None
+
+
+def test_a_copy_saved_with_other_line_ends_still_matches(clock):
+    qid = "19A2B3C4D5EAB12C"
+    queue = FakeQueue({qid: (ORIGINAL, 0, {"score": 0.42, "classification": "not_spam"})})
+    fb = FakeFeedback()
+    copy = delivered_copy(qid).replace(b"\r\n", b"\n").replace(b"claim your prize", b"claim your prize  ")
+    r = report_spam(queue, fb, message=copy, who="alice", hostname="mx.gate.test")
+    assert r.from_queue and fb.calls[0]["message"] == ORIGINAL
 
 
 # --------------------------------------------------------------------------------------
