@@ -175,8 +175,19 @@ class GateServer:
         quarantined mail past its retention."""
         out = {"queue": await asyncio.to_thread(self.queue.purge, self.cfg.queue.keep_delivered,
                                                 self.gate.clock())}
-        out["quarantine"] = await asyncio.to_thread(self.gate.quarantine.purge)
+        out["quarantine"] = await asyncio.to_thread(self._purge_quarantine)
         return out
+
+    def _purge_quarantine(self) -> int:
+        # a release cut short by a crash is settled (delivered and taught, or dropped)
+        # before its message may go: the queue says which, the feedback store teaches
+        from training.feedback import open_feedback
+
+        feedback = open_feedback(self.cfg)
+        try:
+            return self.gate.quarantine.purge(queue=self.queue, feedback=feedback)
+        finally:
+            feedback.close()
 
     async def _purge_forever(self) -> None:
         while True:
