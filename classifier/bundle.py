@@ -33,6 +33,7 @@ from .estimators.bayes import BayesClassifier
 from .estimators.combined import CombinedClassifier
 from .estimators.logistic import HashedLogistic
 from .estimators.osb import OSBClassifier
+from .paths import DEFAULT_BUNDLE  # noqa: F401  (the shipped bundle; re-exported here)
 
 FORMAT = 1
 ESTIMATORS: dict[str, type[TokenClassifier]] = {
@@ -41,11 +42,6 @@ ESTIMATORS: dict[str, type[TokenClassifier]] = {
     "logistic": HashedLogistic,
 }
 _NAME_OF = {cls: name for name, cls in ESTIMATORS.items()}
-# The shipped model lives in the repository's models/ (the project layout is fixed), so
-# it is found next to the installed package when installed editable, which is how the
-# README installs it; MAILSIFT_MODEL points elsewhere.
-DEFAULT_BUNDLE = pathlib.Path(
-    os.environ.get("MAILSIFT_MODEL") or pathlib.Path(__file__).resolve().parent.parent / "models" / "default")
 
 
 class BundleError(ValueError):

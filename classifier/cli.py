@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from .bundle import DEFAULT_BUNDLE
+from .paths import DEFAULT_BUNDLE
 
 
 def _score(a) -> int:
