@@ -232,6 +232,11 @@ class ScorerService(pb_grpc.ScorerServicer):
             yield await self._score(request, context)
 
     async def Learn(self, request, context):
+        """Record a labelled message in the learn log, apply it to this worker's model and,
+        for feedback (release, report, trap), teach the reputation stores. ``trusted``
+        (the feedback store vouches for the reporter) lets the ``reported`` and ``neardup``
+        checks decide on one vote; a ``trap`` Learn is trusted whatever the request says:
+        a spam trap catches spam by nature."""
         t0 = await self._begin(context, "Learn")
         if not request.message:
             await self._invalid(context, "Learn", "message is empty")
@@ -252,19 +257,22 @@ class ScorerService(pb_grpc.ScorerServicer):
         entry = self._log.record(digest, label, source, request.who or "unknown", names, request.message)
         self.catch_up(upto=entry.id)
         taught_reputation = None
+        # a spam trap's address is published nowhere a person would write to: what it
+        # catches is spam by nature, as trusted as an admin's report
+        trusted = request.trusted or source == "trap"
         if source in ("release", "report", "trap"):
             # the stores are shared files: taught once, here, not by every worker's replay.
             # The digest stores count a message once (noop: learned before); the reported
             # check counts reporters, so a later reporter of the same bytes still votes
             taught_reputation = self._reputation.learn(
-                request.message, label, who=request.who or "unknown", trusted=request.trusted,
+                request.message, label, who=request.who or "unknown", trusted=trusted,
                 only=("reported",) if entry.outcome == NOOP else None)
         self._count("Learn", "OK", t0)
         if self.metrics:
             self.metrics.learns.labels(entry.outcome).inc()
         log_event(log, "learn", worker=self.cfg.worker, audit_id=entry.id, digest=digest, label=label,
                   outcome=entry.outcome, previous_label=entry.previous_label, source=source, who=entry.who,
-                  classifiers=names or "all", reputation=taught_reputation, trusted=request.trusted)
+                  classifiers=names or "all", reputation=taught_reputation, trusted=trusted)
         taught = names or list(self._scorer.bundle.model.names_)
         return pb.LearnReply(outcome=wire.OUTCOMES[entry.outcome], digest=digest, audit_id=entry.id,
                              classifiers=[wire.enum_of(n) for n in taught])

@@ -3,6 +3,7 @@ words are found, unrelated mail is not, the index survives a reopen and stays bo
 from __future__ import annotations
 
 import random
+import sqlite3
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import mailgen
 from classifier.features import extract
 from classifier.reputation.base import Signal
-from classifier.reputation.neardup import NearDupIndex, minhash, neardup, normalise_words, shingle_hashes
+from classifier.reputation.neardup import Match, NearDupIndex, minhash, neardup, normalise_words, shingle_hashes
 
 BASE = ("Dear friend we are pleased to tell you that your address was selected in our annual"
         " draw and you have won a cash prize of one million dollars which is waiting for you"
@@ -35,6 +36,11 @@ def campaign_copy(i: int, changes: int = 4) -> bytes:
             + f"\nhttp://claim{i}.example/{rng.randint(1, 10**6)}\nagent{i}@lottery{i}.example\n")
     return (f"From: agent{i}@lottery{i}.example\nTo: you@example.com\nSubject: Winner {i}\n"
             f"Content-Type: text/plain; charset=utf-8\n\n{body}").encode()
+
+
+def close_copy(i: int) -> bytes:
+    """A copy with one word swapped: similarity 0.8 or more to every other close copy."""
+    return campaign_copy(i, changes=1)
 
 
 def ham(n: int) -> list[bytes]:
@@ -64,14 +70,70 @@ def test_unrelated_messages_are_not_matched():
 
 def test_the_signal_carries_similarity_and_decides_only_when_close():
     index = NearDupIndex(None)
-    index.add(extract(campaign_copy(0)), "q-123")
-    sig = neardup(extract(campaign_copy(1, changes=2)), index)
+    index.add(extract(close_copy(0)), "q-123", who="admin", trusted=True)
+    sig = neardup(extract(close_copy(1)), index)
     assert isinstance(sig, Signal) and sig.classification == "content_spam"
-    assert sig.decides is (sig.strength >= 0.8)
-    assert sig.evidence == (f"similar ({sig.strength:.2f}) to reported spam q-123",)
+    assert sig.strength >= 0.8 and sig.decides
+    assert sig.evidence == (f"similar ({sig.strength:.2f}) to reported spam q-123, a trusted report",)
     far = neardup(extract(campaign_copy(2, changes=8)), index, decide_at=0.99)
     assert far is not None and not far.decides
+    assert far.evidence == (f"similar ({far.strength:.2f}) to reported spam q-123",)
     assert neardup(extract(ham(1)[0]), index) is None
+
+
+def test_one_ordinary_report_pulls_without_deciding():
+    index = NearDupIndex(None)
+    index.add(close_copy(0), "q-1", who="alice@example.com")     # untrusted by default
+    sig = neardup(close_copy(1), index)
+    assert sig is not None and sig.strength >= 0.8               # as close as a trusted match that decides
+    assert not sig.decides
+    assert sig.evidence == (f"similar ({sig.strength:.2f}) to reported spam q-1, 1 reporter (2 needed to decide)",)
+
+
+def test_two_distinct_ordinary_reporters_decide_and_a_respelling_is_one():
+    index = NearDupIndex(None)
+    index.add(close_copy(0), "q-1", who="alice@example.com")
+    index.add(close_copy(2), "q-2", who=" <Alice@Example.COM> ")   # alice again
+    probe = close_copy(1)
+    assert index.match(probe, 0.8).reporters == 1
+    assert not neardup(probe, index).decides
+    index.add(close_copy(3), "q-3", who="bob@example.com")
+    sig = neardup(probe, index)
+    assert sig.decides and sig.evidence[0].endswith(", 2 reporters")
+    assert not neardup(probe, index, min_reporters=3).decides
+    # only reports at decide_at or more count: far copies do not add reporters
+    assert neardup(probe, index, decide_at=0.999) is not None
+    assert not neardup(probe, index, decide_at=0.999).decides
+
+
+def test_a_trusted_report_decides_alone_among_ordinary_ones():
+    index = NearDupIndex(None)
+    index.add(close_copy(0), "q-1", who="alice")
+    index.add(close_copy(2), "q-2", who="postmaster", trusted=True)
+    m = index.match(close_copy(1), 0.8)
+    assert m.trusted and m.reporters == 1
+    assert neardup(close_copy(1), index, min_reporters=5).decides
+
+
+def test_an_index_from_before_reporters_opens_and_its_entries_are_trusted(tmp_path):
+    path = tmp_path / "neardup.sqlite"
+    old = NearDupIndex(path)
+    old.add(close_copy(0), "report-0")
+    old.close()
+    with sqlite3.connect(path) as db:      # the entries table as it was before who/trusted
+        db.execute("ALTER TABLE entries DROP COLUMN who")
+        db.execute("ALTER TABLE entries DROP COLUMN trusted")
+        assert {r[1] for r in db.execute("PRAGMA table_info(entries)")} == {"id", "label", "added",
+                                                                         "shingles", "sig"}
+    db.close()
+    index = NearDupIndex(path)
+    sig = neardup(close_copy(1), index)
+    assert sig.decides and sig.evidence[0].endswith("a trusted report")
+    index.add(campaign_copy(3), "report-3", who="carol")       # new entries keep their reporter
+    index.close()
+    again = NearDupIndex(path)
+    assert again.match(campaign_copy(3), 0.99) == Match(1.0, "report-3", trusted=False, reporters=1)
+    again.close()
 
 
 def test_masking_makes_numbers_links_and_addresses_irrelevant():
@@ -107,8 +169,10 @@ def test_readding_a_label_replaces_it():
 def test_a_released_report_is_forgotten():
     index = NearDupIndex(None)
     index.add(campaign_copy(0), "q-1")
+    index.add(campaign_copy(2), "q-2", who="admin", trusted=True)
     assert index.remove("q-1") is True
     assert index.remove("q-1") is False
+    assert index.remove("q-2") is True       # whoever reported it
     assert index.query(campaign_copy(1)) is None
 
 

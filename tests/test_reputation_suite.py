@@ -100,8 +100,8 @@ def test_report_then_release_teaches_the_stores(tmp_path, scorer):
                              subject="Garden club news!")
     before = score(scorer, rep, variant)
     assert not any(r.decides_alone for r in before.reputation)
-    done = rep.learn(campaign, "spam")
-    assert done["neardup"] == "added" and done["pyzor"].startswith("reported")
+    done = rep.learn(campaign, "spam", who="admin", trusted=True)
+    assert done["neardup"] == "added (trusted)" and done["pyzor"].startswith("reported")
     after = score(scorer, rep, variant)
     near = [r for r in after.reputation if r.check == "neardup"]
     assert near and near[0].decides_alone and "similar" in near[0].evidence[0]
@@ -111,6 +111,41 @@ def test_report_then_release_teaches_the_stores(tmp_path, scorer):
     rep.learn(variant, "ham")
     again = score(scorer, rep, variant)
     assert not any(r.check == "neardup" and r.decides_alone for r in again.reputation)
+
+
+def test_ordinary_reports_of_near_copies_decide_from_min_reporters(tmp_path, scorer):
+    """neardup counts reporters as the reported check does: one user's report of a
+    newsletter is evidence, not a ruling; two users' reports of its copies decide; an
+    admin's release forgets the copy it matches best."""
+    (tmp_path / "r.toml").write_text("[neardup]\nmin_reporters = 2\n")
+    rep = Reputation(load_config(tmp_path / "r.toml"), tmp_path / "state")
+    assert rep.cfg.neardup["min_reporters"] == 2
+
+    def copy(word, n):
+        return simple_message(NEWSLETTER.replace("tulips", word) + " Order now at +1 800 555 0199.",
+                              subject=f"Garden club news {n}")
+
+    variant = copy("daffodils", 0)
+    done = rep.learn(copy("tulips", 1), "spam", who="alice@home.test")
+    assert done["neardup"] == "added"
+    v = score(scorer, rep, variant)
+    near = [r for r in v.reputation if r.check == "neardup"]
+    assert near and near[0].strength >= 0.8 and not near[0].decides_alone
+    assert near[0].evidence[0].endswith("1 reporter (2 needed to decide)")
+    assert near[0].contribution > 0                       # it still pulls the combined score
+    rep.learn(copy("roses", 2), "spam", who="  ALICE@home.test")       # the same reporter, respelt
+    assert not any(r.check == "neardup" and r.decides_alone for r in score(scorer, rep, variant).reputation)
+    rep.learn(copy("lilies", 3), "spam", who="bob@home.test")
+    v = score(scorer, rep, variant)
+    near = [r for r in v.reputation if r.check == "neardup"]
+    assert near and near[0].decides_alone and near[0].evidence[0].endswith(", 2 reporters")
+    assert v.verdict == "quarantine" and v.classification == "content_spam"
+    rep.learn(variant, "ham", who="admin", trusted=True)      # removes the best match: one reporter left
+    assert not any(r.check == "neardup" and r.decides_alone for r in score(scorer, rep, variant).reputation)
+    rep.learn(copy("lilies", 3), "spam", who="bob@home.test")     # reported again: two reporters
+    assert any(r.check == "neardup" and r.decides_alone for r in score(scorer, rep, variant).reputation)
+    strict = Reputation(ReputationConfig(neardup={"enabled": True, "min_reporters": 3}), tmp_path / "state")
+    assert not any(r.check == "neardup" and r.decides_alone for r in score(scorer, strict, variant).reputation)
 
 
 def test_pyzor_decides_once_reported_often_enough(tmp_path, scorer):

@@ -980,7 +980,8 @@ def test_serve_with_an_unloadable_bundle_exits_with_an_error(tmp_path):
 
 def test_report_and_release_change_the_verdict_on_a_near_copy(server):
     """Learn(report) teaches the reputation stores once, whichever worker answers; a near
-    copy of the reported message is then quarantined by the near-duplicate check on
+    copy of a message an ordinary user reported is a near-duplicate finding that does not
+    decide; one an admin (trusted) reported is quarantined by the near-duplicate check on
     every worker; Learn(release) of that copy makes the index forget it."""
     text = ("Minutes of the allotment society: the water trough by plot twelve leaks again, the "
             "shed key now hangs in the usual place, seed potatoes arrive on Thursday and the "
@@ -991,7 +992,8 @@ def test_report_and_release_change_the_verdict_on_a_near_copy(server):
     before = [server.stub(a).Score(pb.ScoreRequest(message=near), timeout=10) for a in server.addresses]
     assert all(not any(f.decided_alone for f in r.reputation) for r in before)
     server.stub(server.addresses[0]).Learn(pb.LearnRequest(
-        message=reported, label=pb.LABEL_SPAM, source=pb.LEARN_SOURCE_REPORT, who="admin"), timeout=10)
+        message=reported, label=pb.LABEL_SPAM, source=pb.LEARN_SOURCE_REPORT, who="admin", trusted=True),
+        timeout=10)
     for addr in server.addresses:
         r = server.stub(addr).Score(pb.ScoreRequest(message=near), timeout=10)
         near_dup = [f for f in r.reputation if f.check == "neardup"]
@@ -1001,6 +1003,14 @@ def test_report_and_release_change_the_verdict_on_a_near_copy(server):
         message=near, label=pb.LABEL_HAM, source=pb.LEARN_SOURCE_RELEASE, who="admin"), timeout=10)
     r = server.stub(server.addresses[0]).Score(pb.ScoreRequest(message=near), timeout=10)
     assert not any(f.check == "neardup" and f.decided_alone for f in r.reputation)
+    # an ordinary user's report of another copy: a finding as close, which does not decide
+    by_user = mailgen.simple_message(text, subject="Allotment minutes (user)")
+    server.stub(server.addresses[0]).Learn(pb.LearnRequest(
+        message=by_user, label=pb.LABEL_SPAM, source=pb.LEARN_SOURCE_REPORT, who="someone"), timeout=10)
+    r = server.stub(server.addresses[1]).Score(pb.ScoreRequest(message=near), timeout=10)
+    near_dup = [f for f in r.reputation if f.check == "neardup"]
+    assert near_dup and near_dup[0].strength >= 0.8 and not near_dup[0].decided_alone
+    assert "1 reporter" in near_dup[0].evidence[0]
 
 
 def test_every_reporter_of_the_same_bytes_votes_and_trust_travels_with_the_learn(server):
@@ -1035,3 +1045,23 @@ def test_every_reporter_of_the_same_bytes_votes_and_trust_travels_with_the_learn
     _, f = reported_finding(server.addresses[1])
     assert f.classification == classifications.get("not_spam").number and f.decided_alone
     assert f.evidence[0].endswith("an admin's decision")
+
+
+def test_a_spam_trap_learn_is_trusted_by_nature(server):
+    """A trap's Learn decides alone in neardup and reported without ``trusted`` set: what
+    a spam trap catches is spam by nature, unlike one ordinary user's report."""
+    text = ("Village hall bookings: the yoga class moves to Tuesday mornings, the film club shows "
+            "a western on the last Friday of the month, the kitchen needs new kettles and the "
+            "committee asks every hirer to stack the chairs and sweep the floor before leaving.")
+    caught = mailgen.simple_message(text, subject="Hall bookings", to="trap@home.test")
+    near = mailgen.simple_message(text.replace("western", "comedy"), subject="Hall bookings!")
+    same = mailgen.simple_message(text, subject="Hall bookings", to="someone@home.test")
+    server.stub(server.addresses[0]).Learn(pb.LearnRequest(
+        message=caught, label=pb.LABEL_SPAM, source=pb.LEARN_SOURCE_TRAP, who="trap@home.test"), timeout=10)
+    r = server.stub(server.addresses[1]).Score(pb.ScoreRequest(message=near), timeout=10)
+    near_dup = [f for f in r.reputation if f.check == "neardup"]
+    assert near_dup and near_dup[0].decided_alone and near_dup[0].evidence[0].endswith("a trusted report")
+    assert r.verdict == pb.VERDICT_QUARANTINE
+    r = server.stub(server.addresses[1]).Score(pb.ScoreRequest(message=same), timeout=10)
+    voted = next(f for f in r.reputation if f.check == "reported")
+    assert voted.decided_alone and voted.evidence[0].endswith("an admin's decision")

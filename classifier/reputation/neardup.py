@@ -46,9 +46,30 @@ of ``bench/neardup_bench.py`` on the SpamAssassin corpus (1896 spam; 317 campaig
 reported, 502 copies held out): caught at 0.5 / 0.6 / 0.7 / 0.8 / 0.9 =
 477 / 466 / 452 / 423 / 349, and no ham hit at any threshold, even with all spam
 reported (best ham similarity 0.27: 0.5 keeps a margin of more than twice the
-estimate's worst error seen, 0.10). Deciding alone needs 0.8: one report, perhaps
-mistaken, then quarantines only copies of nearly the same text; below it the
-similarity is evidence the combined score weighs.
+estimate's worst error seen, 0.10). Deciding alone needs 0.8, and a report the
+installation vouches for: below it the similarity is evidence the combined score
+weighs.
+
+Who reported: each entry keeps its reporter (``normalise_who``: one spelling per
+reporter, as the ``reported`` check and the feedback store key on) and whether the
+Learn was trusted (``LearnRequest.trusted``: the reporter is on ``[feedback]
+trusted``, an admin; a spam trap's Learn is trusted by nature). The rules are the
+``reported`` check's, so the two agree on one user's report:
+
+- a match at ``decide_at`` or more against a trusted entry decides alone;
+- matches against untrusted entries only decide alone when entries of at least
+  ``min_reporters`` (2, ``[neardup] min_reporters``) distinct reporters match at
+  ``decide_at`` or more: one ordinary user's report, perhaps of a newsletter or a
+  bank notice they no longer want, must not quarantine every copy for everyone for
+  ``max_age_days``;
+- any other match is a finding with its similarity as strength that does not decide
+  (it still pulls the combined score).
+
+The count costs nothing extra: it is taken among the LSH candidates ``query`` already
+compares. An index from before this distinction (no ``who``/``trusted`` columns) is
+migrated when opened: its entries count as trusted, since nothing then distinguished
+an admin's report from a user's, and as one unnamed reporter. A release (ham) removes
+the released message's entry and the entry it matches best, whoever reported them.
 """
 from __future__ import annotations
 
@@ -58,13 +79,15 @@ import re
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .base import Signal
+from .reported import normalise_who
 
-__all__ = ["NearDupIndex", "neardup", "normalise_words", "shingle_hashes", "minhash"]
+__all__ = ["Match", "NearDupIndex", "neardup", "normalise_words", "shingle_hashes", "minhash"]
 
 CLASSIFICATION = "content_spam"
 
@@ -147,6 +170,15 @@ def _text(message) -> str:
     return message.text
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A message's nearest reported spam, and who stands behind the close ones."""
+    similarity: float   # to the most similar live entry
+    label: str          # that entry's label id
+    trusted: bool       # a trusted entry matches at decide_at or more
+    reporters: int      # distinct untrusted reporters whose entries match at decide_at or more
+
+
 class NearDupIndex:
     """MinHash/LSH index of reported spam; see the module docstring.
 
@@ -161,7 +193,9 @@ class NearDupIndex:
             label TEXT NOT NULL UNIQUE,
             added REAL NOT NULL,
             shingles INTEGER NOT NULL,
-            sig BLOB NOT NULL
+            sig BLOB NOT NULL,
+            who TEXT NOT NULL DEFAULT '',
+            trusted INTEGER NOT NULL DEFAULT 1
         );
         CREATE INDEX IF NOT EXISTS entries_added ON entries (added);
         CREATE TABLE IF NOT EXISTS bands (key INTEGER NOT NULL, entry INTEGER NOT NULL);
@@ -197,7 +231,18 @@ class NearDupIndex:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(self._SCHEMA)
+        self._migrate()
         self._check_meta()
+
+    def _migrate(self) -> None:
+        """An index from before reporters were kept: its entries are trusted (nothing
+        then told an admin's report from a user's) and share one unnamed reporter."""
+        with self._lock:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(entries)")}
+            if "who" not in columns:
+                self._db.execute("ALTER TABLE entries ADD COLUMN who TEXT NOT NULL DEFAULT ''")
+            if "trusted" not in columns:
+                self._db.execute("ALTER TABLE entries ADD COLUMN trusted INTEGER NOT NULL DEFAULT 1")
 
     def _check_meta(self) -> None:
         want = {"num_perm": str(self.num_perm), "bands": str(self.bands),
@@ -235,9 +280,10 @@ class NearDupIndex:
 
     # ------------------------------------------------------------ index
 
-    def add(self, features_or_raw, label_id: str) -> bool:
-        """Index a message reported as spam under ``label_id`` (re-adding an id replaces
-        it). False when the message has too little text to be indexed."""
+    def add(self, features_or_raw, label_id: str, *, who: str = "unknown", trusted: bool = False) -> bool:
+        """Index a message ``who`` reported as spam under ``label_id`` (re-adding an id
+        replaces it); ``trusted``: the report was vouched for (an admin, a spam trap).
+        False when the message has too little text to be indexed."""
         found = self.signature(features_or_raw)
         if found is None:
             return False
@@ -251,8 +297,9 @@ class NearDupIndex:
                 old = db.execute("SELECT id FROM entries WHERE label = ?", (label_id,)).fetchone()
                 if old:
                     self._delete_ids(db, [old[0]])
-                cur = db.execute("INSERT INTO entries (label, added, shingles, sig) VALUES (?, ?, ?, ?)",
-                                 (label_id, now, n, sig.tobytes()))
+                cur = db.execute("INSERT INTO entries (label, added, shingles, sig, who, trusted)"
+                                 " VALUES (?, ?, ?, ?, ?, ?)",
+                                 (label_id, now, n, sig.tobytes(), normalise_who(who), int(bool(trusted))))
                 db.executemany("INSERT INTO bands (key, entry) VALUES (?, ?)",
                                [(k, cur.lastrowid) for k in keys])
                 self._evict(db)
@@ -309,17 +356,27 @@ class NearDupIndex:
     def query(self, features_or_raw) -> tuple[float, str] | None:
         """(similarity, label id) of the most similar live entry at or above
         ``threshold``, or None (also for a message with too little text)."""
+        found = self.match(features_or_raw)
+        return None if found is None else (found.similarity, found.label)
+
+    def query_signature(self, sig: np.ndarray) -> tuple[float, str] | None:
+        found = self.match_signature(sig)
+        return None if found is None else (found.similarity, found.label)
+
+    def match(self, features_or_raw, decide_at: float = 1.0) -> Match | None:
+        """The most similar live entry at or above ``threshold`` and who stands behind
+        the entries at ``decide_at`` or more (see ``Match``), or None."""
         found = self.signature(features_or_raw)
         if found is None:
             return None
-        return self.query_signature(found[0])
+        return self.match_signature(found[0], decide_at)
 
-    def query_signature(self, sig: np.ndarray) -> tuple[float, str] | None:
+    def match_signature(self, sig: np.ndarray, decide_at: float = 1.0) -> Match | None:
         keys = self._band_keys(sig)
         marks = ",".join("?" * len(keys))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT e.id, e.label, e.sig FROM entries e WHERE e.added >= ? AND e.id IN"
+                f"SELECT e.id, e.label, e.sig, e.who, e.trusted FROM entries e WHERE e.added >= ? AND e.id IN"
                 f" (SELECT entry FROM bands WHERE key IN ({marks}))"
                 f" ORDER BY e.id DESC LIMIT ?", (self._cutoff(), *keys, self.max_candidates)).fetchall()
         if not rows:
@@ -329,7 +386,10 @@ class NearDupIndex:
         best = int(np.argmax(sims))
         if sims[best] < self.threshold:
             return None
-        return float(sims[best]), rows[best][1]
+        close = [r for r, sim in zip(rows, sims) if sim >= decide_at]
+        return Match(float(sims[best]), rows[best][1],
+                     trusted=any(r[4] for r in close),
+                     reporters=len({r[3] for r in close if not r[4]}))
 
     def __len__(self) -> int:
         with self._lock:
@@ -345,12 +405,20 @@ class NearDupIndex:
                 f"max_entries={self.max_entries}, max_age_days={self.max_age_days})")
 
 
-def neardup(features, index: NearDupIndex, *, decide_at: float = 0.8) -> Signal | None:
+def neardup(features, index: NearDupIndex, *, decide_at: float = 0.8,
+            min_reporters: int = 2) -> Signal | None:
     """``content_spam`` when the message is a near-duplicate of reported spam: strength
-    is the similarity, deciding alone from ``decide_at`` up."""
-    found = index.query(features)
+    is the similarity. It decides alone when a trusted entry matches at ``decide_at``
+    or more, or entries of at least ``min_reporters`` distinct untrusted reporters do."""
+    found = index.match(features, decide_at)
     if found is None:
         return None
-    similarity, label = found
-    return Signal(CLASSIFICATION, strength=similarity, decides=similarity >= decide_at,
-                  evidence=(f"similar ({similarity:.2f}) to reported spam {label}",))
+    if found.trusted:
+        decides, by = True, ", a trusted report"
+    else:
+        decides = found.reporters >= min_reporters
+        by = f", {found.reporters} reporter{'s' if found.reporters != 1 else ''}" if found.reporters else ""
+        if found.reporters and not decides:
+            by += f" ({min_reporters} needed to decide)"
+    return Signal(CLASSIFICATION, strength=found.similarity, decides=decides,
+                  evidence=(f"similar ({found.similarity:.2f}) to reported spam {found.label}{by}",))

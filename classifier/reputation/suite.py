@@ -16,7 +16,8 @@ evidence. Neither stops the scorer.
 
 Learning: ``learn`` is called once per Learn request by the worker that received it (the
 stores are shared files, not per-worker model state). A report (spam) raises the Pyzor
-report count, adds the message to the near-duplicate index, counts its UCEPP tokens
+report count, adds the message to the near-duplicate index (with its reporter and
+whether the feedback store trusts them), counts its UCEPP tokens
 as spam and records the reporter's spam vote on its body; a release (ham) whitelists
 the digest, drops the message's near-duplicates from the index, counts its tokens as
 ham and records the releaser's ham vote. The first three are taught once per message
@@ -60,8 +61,8 @@ class ReputationConfig:
 _CHECK_KEYS = {
     "pyzor": {"enabled": bool, "store": str, "server": str, "user": str, "key": str, "timeout": float,
               "min_reports": int, "whitelist_min": int, "whitelist_factor": float, "max_age_days": int},
-    "neardup": {"enabled": bool, "threshold": float, "decide_at": float, "max_entries": int,
-                "max_age_days": int},
+    "neardup": {"enabled": bool, "threshold": float, "decide_at": float, "min_reporters": int,
+                "max_entries": int, "max_age_days": int},
     "ucepp": {"enabled": bool, "half_life_days": float, "min_spam": float, "max_rows": int,
               "allow_domains": list},
     "urlbl": {"enabled": bool, "zones": list, "min_lists": int, "timeout": float, "max_domains": int},
@@ -300,7 +301,7 @@ class Reputation:
         if check == "neardup":
             from .neardup import neardup
 
-            return neardup(f, c, **({"decide_at": s["decide_at"]} if "decide_at" in s else {}))
+            return neardup(f, c, **{k: s[k] for k in ("decide_at", "min_reporters") if k in s})
         if check == "ucepp":
             from .ucepp import ucepp
 
@@ -360,7 +361,9 @@ class Reputation:
                     done[check] = ("reported " if spam else "whitelisted ") + d
                 elif check == "neardup":
                     if spam:
-                        done[check] = "added" if c.add(f, f.digest) else "too little text"
+                        added = c.add(f, f.digest, who=who, trusted=trusted)
+                        done[check] = (f"added{' (trusted)' if trusted else ''}" if added
+                                       else "too little text")
                     else:
                         hit = c.query(f)
                         removed = c.remove(f.digest)
