@@ -38,10 +38,11 @@ the same verdict. Then:
 The verdict does not wait for the poll: the reputation stores (``reported`` for both
 directions, ``neardup`` for reports) are SQLite files the two workers share, written
 by the one that received the Learn before it answers. ``decided_by`` records which
-checks decided the changed verdict. Releases are made by a trusted reporter (an admin
-releasing from the quarantine), since the model is often more than 0.99 sure of the
-spam it quarantined and an untrusted release of it would wait for review; reports are
-made by ordinary users, without rate limits for the bench.
+checks decided the changed verdict. Releases and reports are made by a trusted
+reporter (an admin): an ordinary user's release of spam the model is more than 0.99
+sure of waits for review, and one ordinary user's report is short of the quorum
+(``min_reporters``, 2), a pull on the combined score rather than a ruling; the second
+ordinary reporter's learn goes through the same stores as the admin's one.
 
 Prints p50/p99 (nearest rank) per measure, for all trials and by kind, and writes
 the JSON (config, machine, summary, every trial) to ``--out``.
@@ -140,7 +141,7 @@ def trial(i: int, fb: Feedback, learner: RemoteScorer, other: RemoteScorer, rng:
     time.sleep(rng.uniform(0.0, 0.25))
     t0 = time.perf_counter()
     r = fb.submit(message=raw, label="spam" if kind == "report" else "ham", source=kind,
-                  who=f"user{i}@home.test" if kind == "report" else "postmaster@home.test",
+                  who="postmaster@home.test",
                   score=v0.score, classification=v0.classification)
     t1 = time.perf_counter()
     if r.status not in ("learned", "relearned"):

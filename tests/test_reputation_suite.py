@@ -130,7 +130,7 @@ def test_ordinary_reports_of_near_copies_decide_from_min_reporters(tmp_path, sco
     assert done["neardup"] == "added"
     v = score(scorer, rep, variant)
     near = [r for r in v.reputation if r.check == "neardup"]
-    assert near and near[0].strength >= 0.8 and not near[0].decides_alone
+    assert near and 0 < near[0].strength <= 0.25 and not near[0].decides_alone   # a pull short of the quorum
     assert near[0].evidence[0].endswith("1 reporter (2 needed to decide)")
     assert near[0].contribution > 0                       # it still pulls the combined score
     rep.learn(copy("roses", 2), "spam", who="  ALICE@home.test")       # the same reporter, respelt

@@ -85,7 +85,7 @@ from typing import Callable
 import numpy as np
 
 from .base import Signal
-from .reported import normalise_who
+from .reported import below_quorum, normalise_who
 
 __all__ = ["Match", "NearDupIndex", "neardup", "normalise_words", "shingle_hashes", "minhash"]
 
@@ -420,5 +420,8 @@ def neardup(features, index: NearDupIndex, *, decide_at: float = 0.8,
         by = f", {found.reporters} reporter{'s' if found.reporters != 1 else ''}" if found.reporters else ""
         if found.reporters and not decides:
             by += f" ({min_reporters} needed to decide)"
-    return Signal(CLASSIFICATION, strength=found.similarity, decides=decides,
+    strength = found.similarity
+    if not decides and not found.trusted and found.reporters and found.similarity >= decide_at:
+        strength = below_quorum(strength, found.reporters, min_reporters)   # see reported.below_quorum
+    return Signal(CLASSIFICATION, strength=strength, decides=decides,
                   evidence=(f"similar ({found.similarity:.2f}) to reported spam {found.label}{by}",))
