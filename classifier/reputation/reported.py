@@ -230,30 +230,51 @@ def below_quorum(strength: float, reporters: int, min_reporters: int) -> float:
     return strength * QUORUM_PULL * min(1.0, max(1, reporters) / max(1, min_reporters))
 
 
+def exact_digest(raw: bytes) -> str | None:
+    """The key of a message's exact body: ``body:<SHA-1 of the body bytes>`` (line ends
+    and trailing blanks normalised), or None (no body). Copies of one message to other
+    recipients share it; a Pyzor digest is shared more widely (see ``reported``)."""
+    body = _body_bytes(raw)
+    return None if body is None else "body:" + hashlib.sha1(body).hexdigest()
+
+
 def reported(raw: bytes, store: ReportedStore, *, min_reporters: int = 2,
-             digest: str | None = None) -> Signal | None:
+             digest: str | None = None, exact: str | None = None) -> Signal | None:
     """This installation's verdict on the message's body, or None when it has none.
-    ``digest`` is ``body_digest(raw)`` when the caller has it already. ``min_reporters``:
-    how many distinct untrusted reporters must hold spam (and outnumber those holding
-    ham) before their report decides alone; a trusted vote decides whatever the count."""
-    digest = digest or body_digest(raw)
-    if digest is None:
-        return None
-    s = store.standing(digest)
-    if s is None:
-        return None
+    ``digest`` is ``body_digest(raw)`` and ``exact`` is ``exact_digest(raw)`` when the
+    caller has them already. ``min_reporters``: how many distinct untrusted reporters
+    must hold spam (and outnumber those holding ham) before their report decides alone;
+    a trusted vote decides whatever the count.
+
+    Only the exact body decides. Votes are kept under both keys, and a body that only
+    shares the Pyzor digest of a judged one gets a pull, never a ruling: Pyzor drops
+    URLs, long words and short lines, so two list messages whose own text is a URL and a
+    few code lines digest to their common list footer (a ham of the SpamAssassin corpus
+    was quarantined by an admin's report of a spam through the same list)."""
+    exact = exact or exact_digest(raw)
+    s = store.standing(exact) if exact is not None else None
+    fuzzy = s is None
+    if fuzzy:
+        digest = digest or body_digest(raw)
+        if digest is None or digest == exact:
+            return None
+        s = store.standing(digest)
+        if s is None:
+            return None
     strength = 1.0 + math.log(s.reporters)
     day = datetime.datetime.fromtimestamp(s.last, datetime.UTC).date().isoformat()
     who = f"{s.reporters} reporter{'s' if s.reporters != 1 else ''}, last {day}"
     if s.trusted:
         who += ", an admin's decision"
+    like = "a body like one " if fuzzy else ""
     if s.label == "spam":
-        decides = s.trusted or s.reporters >= min_reporters
-        if not decides:   # below the quorum: evidence that pulls, never a verdict by itself
-            strength = below_quorum(strength, s.reporters, min_reporters)
+        decides = not fuzzy and (s.trusted or s.reporters >= min_reporters)
+        if not decides:   # below the quorum, or only alike: evidence that pulls, never a verdict
+            strength = below_quorum(strength, s.reporters, 1 if fuzzy else min_reporters)
         return Signal(CLASSIFICATION, strength=strength, decides=decides,
-                      evidence=(f"reported as spam by {who}",))
-    if not s.trusted:
-        strength = min(1.0, UNTRUSTED_PULL * strength)
-    return Signal(HAM_CLASSIFICATION, strength=-strength, decides=s.trusted,
-                  evidence=(f"released as not spam by {who}",))
+                      evidence=(f"{like}reported as spam by {who}",))
+    decides = s.trusted and not fuzzy
+    if not decides:
+        strength = min(1.0, UNTRUSTED_PULL * strength) if not fuzzy else below_quorum(strength, s.reporters, 1)
+    return Signal(HAM_CLASSIFICATION, strength=-strength, decides=decides,
+                  evidence=(f"{like}released as not spam by {who}",))

@@ -97,6 +97,11 @@ class _Digests:
 
         return body_digest(self.raw, self.pyzor())
 
+    def exact(self) -> str | None:
+        from .reported import exact_digest
+
+        return exact_digest(self.raw)
+
 
 def load_config(path: str | Path | None) -> ReputationConfig:
     """Read and validate the file; errors name the key (``urlbl.zones[1].bitmask: ...``)."""
@@ -296,7 +301,7 @@ class Reputation:
             from .reported import reported
 
             digest = digests.body()
-            return None if digest is None else reported(raw, c, digest=digest,
+            return None if digest is None else reported(raw, c, digest=digest, exact=digests.exact(),
                                                         min_reporters=s.get("min_reporters", 2))
         if check == "neardup":
             from .neardup import neardup
@@ -378,7 +383,10 @@ class Reputation:
                     if d is None:
                         done[check] = "no body"
                         continue
-                    c.vote(d, label, who, trusted=trusted)
+                    exact = digests.exact()
+                    for key in dict.fromkeys((exact, d)):   # the exact body decides; the Pyzor digest pulls
+                        if key is not None:
+                            c.vote(key, label, who, trusted=trusted)
                     done[check] = f"{'trusted ' if trusted else ''}{label} vote on {d}"
             except Exception as exc:
                 done[check] = f"failed: {type(exc).__name__}: {exc}"
