@@ -23,7 +23,6 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +32,7 @@ from .estimators.bayes import BayesClassifier
 from .estimators.combined import CombinedClassifier
 from .estimators.logistic import HashedLogistic
 from .estimators.osb import OSBClassifier
+from .durable import replace_file
 from .paths import DEFAULT_BUNDLE  # noqa: F401  (the shipped bundle; re-exported here)
 
 FORMAT = 1
@@ -66,20 +66,6 @@ def sha256_bytes(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------- save
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a model is read by the scorer's user
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
@@ -124,9 +110,9 @@ def save_bundle(bundle: ModelBundle, directory: str | os.PathLike, model_card: s
         "files": {n: {"sha256": sha256_bytes(b), "bytes": len(b)} for n, b in sorted(files.items())},
     }
     for name, data in files.items():
-        _atomic_write(out / name, data)
+        replace_file(out / name, data, 0o644)
     # the manifest goes last: a bundle interrupted mid-write fails verification
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    replace_file(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode(), 0o644)
     return manifest
 
 

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.classifications import get as classification_row
+from classifier.durable import fsync_dir, replace_file
 
 from . import headers
 from .config import normalise_address
@@ -170,27 +171,6 @@ class Report:
     score: float | None
     classification: str | None
     feedback: dict[str, Any]
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dfd)   # the renames and unlinks themselves are durable
-    finally:
-        os.close(dfd)
 
 
 def subject_of(message: bytes) -> str | None:
@@ -375,11 +355,11 @@ class Quarantine:
         day_name = time.strftime("%Y-%m-%d", time.gmtime(now))
         day = self.directory / day_name
         day.mkdir(exist_ok=True)
-        _write_durably(day / f"{qid}.eml", message)
+        replace_file(day / f"{qid}.eml", message)
         meta = {"id": qid, "stored": now, "size": len(message), "subject": subject_of(message),
                 **record, "state": "held", "actions": []}
-        _write_durably(day / f"{qid}.json", json.dumps(meta, default=str, ensure_ascii=False).encode())
-        _fsync_dir(day)
+        replace_file(day / f"{qid}.json", json.dumps(meta, default=str, ensure_ascii=False).encode())
+        fsync_dir(day)
         try:
             with self._txn() as db:
                 self._put(db, day_name, meta)
@@ -511,7 +491,7 @@ class Quarantine:
                 days.add(path)
             for path in days:
                 if path.is_dir():
-                    _fsync_dir(path)
+                    fsync_dir(path)
             for i in range(0, len(rows), 500):
                 with self._txn() as db:
                     for table in ("rcpts", "actions", "messages"):
@@ -557,8 +537,8 @@ class Quarantine:
         return day, rec
 
     def _save(self, day: Path, rec: dict[str, Any]) -> None:
-        _write_durably(day / f"{rec['id']}.json", json.dumps(rec, default=str, ensure_ascii=False).encode())
-        _fsync_dir(day)
+        replace_file(day / f"{rec['id']}.json", json.dumps(rec, default=str, ensure_ascii=False).encode())
+        fsync_dir(day)
         try:
             with self._txn() as db:
                 self._put(db, day.name, rec)

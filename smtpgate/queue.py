@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from classifier.durable import fsync_dir, synced_temp
+
 ORIGINS = ("smtp", "release", "bounce")
 PENDING = ("queued", "deferred")
 FINAL = ("delivered", "bounced", "deleted")
@@ -273,31 +275,13 @@ class Queue:
     def _write(self, path: Path, data: bytes) -> None:
         """A new file, complete and fsync'd, under ``path`` (which must not exist); the
         caller fsyncs the directory."""
-        tmp = self.msg_dir / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)      # a full disk must not fill up further with our leftovers
-            raise
-        os.close(fd)
+        tmp = synced_temp(self.msg_dir, path.name, data)
         try:
             os.link(tmp, path)      # never replaces: a second message with this id fails
         except FileExistsError:
             raise QueueError(f"queue id {path.stem} is already in the queue") from None
         finally:
             os.unlink(tmp)
-
-    def _sync_dir(self) -> None:
-        dfd = os.open(self.msg_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)           # the link (and the temporary name's removal) is durable
-        finally:
-            os.close(dfd)
 
     # ------------------------------------------------------------------------------
     # enqueue and read
@@ -337,7 +321,7 @@ class Queue:
             except BaseException:
                 self._discard(qid)
                 raise
-        self._sync_dir()
+        fsync_dir(self.msg_dir)   # the link (and the temporary name's removal) is durable
         return qid
 
     def _orig_path(self, queue_id: str) -> Path:

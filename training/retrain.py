@@ -107,6 +107,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from classifier.bundle import DEFAULT_BUNDLE, BundleError, ModelBundle, load_bundle, read_manifest
+from classifier.durable import fsync_dir
 from classifier.learnlog import NOOP, LearnLog
 from classifier.scorer import QUARANTINE, Scorer
 
@@ -312,7 +313,7 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.versions_dir)
+        fsync_dir(self.versions_dir)
         return dst
 
     def switch(self, version: str, action: str, **extra) -> str | None:
@@ -325,7 +326,7 @@ class ModelStore:
             tmp.unlink()
         os.symlink(os.path.join("versions", version), tmp)
         os.replace(tmp, self.current_link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._log(action, version, previous, **extra)
         return previous
 
@@ -407,14 +408,6 @@ class ModelStore:
         for v in drop:
             shutil.rmtree(self.path_of(v))
         return drop
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> datetime.datetime:
