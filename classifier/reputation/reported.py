@@ -225,7 +225,7 @@ def below_quorum(strength: float, reporters: int, min_reporters: int) -> float:
     it. With the default priors one user's report of an exact copy adds about 2.2 to
     the combined log-odds (reported 0.6, neardup 0.5 and Pyzor's own 1.0): it moves a
     message the classifiers lean towards spam over the threshold, not one they think is
-    ham. At full strength (+7.3) it quarantined every copy of a 30-message ham sample,
+    ham. At full strength (+10.0) it quarantined every copy of a 30-message ham sample,
     which is the quorum's point lost."""
     return strength * QUORUM_PULL * min(1.0, max(1, reporters) / max(1, min_reporters))
 

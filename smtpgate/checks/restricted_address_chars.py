@@ -15,7 +15,9 @@ mailbox back ends trip over, and real mailboxes almost never need them.
   may want to add is the apostrophe (o'brien@): ``DEFAULT_ALLOWED + "'"``.
 * Non-ASCII characters are allowed when they are letters, combining marks or decimal
   digits (Unicode categories L*, M*, Nd): the local parts of internationalized
-  addresses (RFC 6531), which only reach the gate under SMTPUTF8. Non-ASCII
+  addresses (RFC 6531). Only a transaction that asked for SMTPUTF8 may carry one; the
+  gate refuses it otherwise before this check, as this row too, whether or not the
+  domain turned the check off (``Gate.rcpt_restricted_address_chars``). Non-ASCII
   punctuation, symbols, spaces and controls, and the lone surrogates that aiosmtpd's
   surrogateescape makes of invalid UTF-8, are not.
 
